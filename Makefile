@@ -1,0 +1,40 @@
+# csm-service: make test | make lint | make proto | make bench | make run
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# The CPU build on these machines; a GPU image installs its own CUDA torch first.
+TORCH_SPEC ?= torch==2.13.0
+MOSHI_SPEC ?= moshi==0.2.13
+STAMP := $(VENV)/.installed
+
+.PHONY: install test lint format proto bench run clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "$(TORCH_SPEC)"
+	$(PIP) install -q --no-deps "$(MOSHI_SPEC)"
+	$(PIP) install -q -e ".[engine,test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check csm_service tests
+	$(VENV)/bin/ruff format --check csm_service tests
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix csm_service tests
+	$(VENV)/bin/ruff format csm_service tests
+
+bench: $(STAMP)
+	$(PY) -m csm_service.cli bench $(BENCH_ARGS)
+
+run: $(STAMP)
+	$(VENV)/bin/csm-service serve --model tiny-random
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

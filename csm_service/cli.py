@@ -1,0 +1,123 @@
+"""``csm-service`` command line: say, engine, bench (serve and edge come with the HTTP edge)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+from csm_service.config import ServiceConfig, build_config
+
+
+def _engine_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("engine")
+    g.add_argument("--model", help="hub id, local directory or file, or tiny-random (CSM_MODEL)")
+    g.add_argument("--device", help="auto | cpu | cuda | cuda:N (CSM_DEVICE)")
+    g.add_argument("--dtype", help="auto | float32 | bfloat16 (CSM_DTYPE)")
+    g.add_argument("--max-batch", type=int, help="concurrent utterances (CSM_MAX_BATCH)")
+    g.add_argument("--max-queue", type=int, help="waiting requests before 'overloaded' (CSM_MAX_QUEUE)")
+    g.add_argument("--first-chunk-frames", type=int, help="80 ms frames in the first chunk")
+    g.add_argument("--chunk-frames", type=int, help="80 ms frames in later chunks")
+    g.add_argument("--mimi-weights", help="local Mimi weights file (CSM_MIMI_WEIGHTS)")
+    g.add_argument(
+        "--no-cuda-graphs", dest="use_cuda_graphs", action="store_false", default=None, help="eager mode (debugging)"
+    )
+    g.add_argument("--seed", type=int, help="seed of the tiny-random weights")
+
+
+def _config(args: argparse.Namespace, names: tuple[str, ...]) -> ServiceConfig:
+    return build_config({n: getattr(args, n, None) for n in names})
+
+
+ENGINE_OPTS = (
+    "model",
+    "device",
+    "dtype",
+    "max_batch",
+    "max_queue",
+    "first_chunk_frames",
+    "chunk_frames",
+    "mimi_weights",
+    "use_cuda_graphs",
+    "seed",
+)
+
+
+def cmd_say(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from csm_service.audio.wav import float_to_pcm16, wav_bytes
+    from csm_service.engine.request import InvalidRequest
+    from csm_service.synthesizer import Synthesizer
+
+    cfg = _config(args, ENGINE_OPTS).engine
+    synth = Synthesizer.from_pretrained(
+        cfg.model, device=cfg.device, dtype=cfg.dtype, mimi_weights=cfg.mimi_weights, seed=cfg.seed
+    )
+    start = time.perf_counter()
+    try:
+        pcm = synth.generate(
+            args.text,
+            speaker=args.speaker,
+            max_audio_length_ms=args.max_audio_length_ms,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            seed=args.sample_seed,
+        )
+    except InvalidRequest as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        synth.close()
+    elapsed = time.perf_counter() - start
+    Path(args.output).write_bytes(wav_bytes(float_to_pcm16(pcm), synth.sample_rate))
+    seconds = len(pcm) / synth.sample_rate
+    result = synth.last_result
+    print(
+        f"wrote {args.output}: {seconds:.2f} s of 24 kHz mono audio in {elapsed:.2f} s "
+        f"(first audio {result.timings.first_audio_s * 1000:.0f} ms, seed {result.seed}, end: {result.reason})"
+        if result
+        else f"wrote {args.output}",
+        file=sys.stderr,
+    )
+    return 0 if np.isfinite(pcm).all() else 1
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from csm_service.bench import main as bench_main
+
+    return bench_main(args.rest)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="csm-service", description=__doc__)
+    parser.add_argument("--log-level", default="INFO")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    say = sub.add_parser("say", help="synthesise text to a WAV file")
+    say.add_argument("text")
+    say.add_argument("-o", "--output", default="out.wav")
+    say.add_argument("--speaker", type=int, default=0)
+    say.add_argument("--max-audio-length-ms", type=int, default=10_000)
+    say.add_argument("--temperature", type=float, default=0.9)
+    say.add_argument("--top-k", type=int, default=50)
+    say.add_argument("--sample-seed", type=int, default=None, help="makes the output reproducible")
+    _engine_flags(say)
+    say.set_defaults(func=cmd_say)
+
+    bench = sub.add_parser("bench", help="benchmarks (JSON + table); see csm-service bench -h")
+    bench.add_argument("rest", nargs=argparse.REMAINDER)
+    bench.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The Mimi audio codec (moshi): prompt encoding and batched streaming decode."""

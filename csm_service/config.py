@@ -1,0 +1,156 @@
+"""Frozen configuration: the named model shapes and the service options.
+
+This is the one module that reads the environment (``CSM_*`` variables) and the command line; every
+other module receives the dataclasses built here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+
+DEFAULT_MODEL = "sesame/csm-1b"
+TINY_RANDOM = "tiny-random"
+
+SAMPLE_RATE = 24_000  # Mimi's output rate
+FRAME_MS = 80  # one CSM frame = one Mimi frame = 80 ms
+SAMPLES_PER_FRAME = SAMPLE_RATE * FRAME_MS // 1000  # 1920
+
+
+@dataclass(frozen=True)
+class TransformerConfig:
+    """One Llama-3.2-style decoder stack (the CSM backbone or its depth decoder)."""
+
+    num_layers: int
+    dim: int
+    num_heads: int
+    num_kv_heads: int
+    mlp_dim: int
+    norm_eps: float = 1e-5
+    rope_base: float = 500_000.0
+    # Llama-3 RoPE scaling, in torchtune's terms (Sesame's original code).
+    rope_scale_factor: float = 32.0
+    rope_low_freq_factor: float = 1.0
+    rope_high_freq_factor: float = 4.0
+    rope_original_max_positions: int = 8192
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.num_heads
+
+
+@dataclass(frozen=True)
+class CsmConfig:
+    """The whole CSM model: backbone, depth decoder, embeddings and heads."""
+
+    name: str
+    backbone: TransformerConfig
+    decoder: TransformerConfig
+    text_vocab_size: int = 128_256
+    audio_vocab_size: int = 2051  # 2048 Mimi codes + 3 reserved ids that must never reach Mimi
+    num_codebooks: int = 32
+    max_seq_len: int = 2048
+
+    @property
+    def num_columns(self) -> int:
+        """Columns per position: 32 codebooks + 1 text token."""
+        return self.num_codebooks + 1
+
+
+CSM_1B = CsmConfig(
+    name="csm-1b",
+    backbone=TransformerConfig(num_layers=16, dim=2048, num_heads=32, num_kv_heads=8, mlp_dim=8192),
+    decoder=TransformerConfig(num_layers=4, dim=1024, num_heads=8, num_kv_heads=2, mlp_dim=8192),
+)
+
+# Test size: the same structure (33 columns, 32 codebooks of 2051, GQA, scaled RoPE) at a size
+# that runs on any CPU. Its text vocabulary fits the byte-level tokenizer (256 bytes + BOS/EOS).
+TINY = CsmConfig(
+    name="tiny",
+    backbone=TransformerConfig(num_layers=2, dim=128, num_heads=4, num_kv_heads=2, mlp_dim=256),
+    decoder=TransformerConfig(num_layers=2, dim=64, num_heads=4, num_kv_heads=2, mlp_dim=128),
+    text_vocab_size=258,
+)
+
+NAMED_CONFIGS: dict[str, CsmConfig] = {"csm-1b": CSM_1B, "tiny": TINY}
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How the engine runs the model."""
+
+    model: str = DEFAULT_MODEL
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dtype: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16
+    max_batch: int = 8  # batch slots (concurrent utterances)
+    max_queue: int = 64  # waiting requests beyond the slots; more is refused as overloaded
+    first_chunk_frames: int = 1  # frames in the first audio chunk (80 ms each)
+    chunk_frames: int = 4  # frames in every later chunk
+    use_cuda_graphs: bool = True  # ignored on CPU; --no-cuda-graphs is the eager switch
+    mimi_weights: str | None = None  # local Mimi weights; default: moshi's file via the hub cache
+    seed: int = 0  # seed of the tiny-random weights
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """Everything the processes need; built once at start-up by :func:`load_service_config`."""
+
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    host: str = "0.0.0.0"
+    port: int = 8000
+    grpc_host: str = "127.0.0.1"
+    grpc_port: int = 50051
+    metrics_port: int = 0  # 0: no separate metrics port
+    engine_addresses: tuple[str, ...] = ()
+    data_dir: str = "./data"
+    api_keys: tuple[str, ...] = ()
+    log_level: str = "INFO"
+
+
+_ENV_PREFIX = "CSM_"
+
+
+def _coerce(value: str, like: object) -> object:
+    if isinstance(like, bool):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    if isinstance(like, int):
+        return int(value)
+    if isinstance(like, float):
+        return float(value)
+    if isinstance(like, tuple):
+        return tuple(v.strip() for v in value.split(",") if v.strip())
+    return value
+
+
+def env_overrides(defaults: object, environ: dict[str, str] | None = None) -> dict[str, object]:
+    """``CSM_<FIELD>`` values for the fields of a config dataclass, coerced to the field's type."""
+    environ = dict(os.environ) if environ is None else environ
+    out: dict[str, object] = {}
+    for f in dataclasses.fields(defaults):  # type: ignore[arg-type]
+        key = _ENV_PREFIX + f.name.upper()
+        if key in environ and not dataclasses.is_dataclass(getattr(defaults, f.name)):
+            out[f.name] = _coerce(environ[key], getattr(defaults, f.name))
+    return out
+
+
+def build_config(cli: dict[str, object], environ: dict[str, str] | None = None) -> ServiceConfig:
+    """Defaults <- ``CSM_*`` environment <- command-line flags (``None`` means "not given").
+
+    ``cli`` keys are field names of EngineConfig or ServiceConfig.
+    """
+    engine_fields = {f.name for f in dataclasses.fields(EngineConfig)}
+    service_fields = {f.name for f in dataclasses.fields(ServiceConfig)} - {"engine"}
+    given = {k: v for k, v in cli.items() if v is not None}
+    unknown = set(given) - engine_fields - service_fields
+    if unknown:
+        raise ValueError(f"unknown option(s): {', '.join(sorted(unknown))}")
+    engine = dataclasses.replace(EngineConfig(), **env_overrides(EngineConfig(), environ))
+    engine = dataclasses.replace(engine, **{k: v for k, v in given.items() if k in engine_fields})
+    service = dataclasses.replace(ServiceConfig(), **env_overrides(ServiceConfig(), environ))
+    service_given = {k: v for k, v in given.items() if k in service_fields}
+    if isinstance(service_given.get("engine_addresses"), str):
+        service_given["engine_addresses"] = tuple(
+            a.strip() for a in str(service_given["engine_addresses"]).split(",") if a.strip()
+        )
+    return dataclasses.replace(service, engine=engine, **service_given)

@@ -1,0 +1,292 @@
+"""The engine loop: admit between frames, step every live slot, decode audio, deliver chunks.
+
+One thread owns the model. Callers ``submit`` from any thread and receive events through a sink
+callable (run on the engine thread: it must be quick and thread-safe, e.g. a queue put).
+Start-up order: build -> load -> warm up -> SERVING (``start``); ``drain`` stops admission.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from csm_service.config import FRAME_MS, EngineConfig
+from csm_service.engine.prompt import build_prompt, check_room
+from csm_service.engine.request import (
+    AudioChunk,
+    EngineUnavailable,
+    Finished,
+    SynthesisRequest,
+    Timings,
+    validate_request,
+)
+from csm_service.engine.runner import ModelRunner
+from csm_service.engine.scheduler import Scheduler
+from csm_service.model.tokenizer import TextTokenizer
+
+log = logging.getLogger(__name__)
+
+Event = AudioChunk | Finished
+Sink = Callable[[Event], None]
+_ids = itertools.count(1)
+
+
+class RequestHandle:
+    """A submitted request: its prompt, its sink, and a thread-safe ``cancel``."""
+
+    def __init__(self, request: SynthesisRequest, sink: Sink, tokens: np.ndarray, mask: np.ndarray, seed: int) -> None:
+        self.id = next(_ids)
+        self.request = request
+        self.sink = sink
+        self.tokens = tokens
+        self.mask = mask
+        self.seed = seed
+        self.submitted_at = time.perf_counter()
+        self.cancelled = threading.Event()
+        self._engine: Engine | None = None
+
+    def cancel(self) -> None:
+        if not self.cancelled.is_set():
+            self.cancelled.set()
+            if self._engine is not None:
+                self._engine._wake()
+
+
+@dataclass
+class _Slot:
+    handle: RequestHandle
+    max_frames: int
+    position: int  # host copy of the slot's next backbone position
+    frames: list[np.ndarray] = field(default_factory=list)  # codes [32] per generated frame
+    pcm: list[np.ndarray] = field(default_factory=list)  # decoded frames not yet sent
+    chunk_index: int = 0
+    frames_sent: int = 0
+    timings: Timings = field(default_factory=Timings)
+
+
+@dataclass
+class EngineStats:
+    frames_generated: int = 0
+    steps: int = 0
+    finished: dict[str, int] = field(default_factory=dict)
+
+
+class Engine:
+    def __init__(self, runner: ModelRunner, codec: object, tokenizer: TextTokenizer, cfg: EngineConfig) -> None:
+        self.runner = runner
+        self.codec = codec
+        self.tokenizer = tokenizer
+        self.cfg = cfg
+        self.model_cfg = runner.cfg
+        self.max_audio_ms = self.model_cfg.max_seq_len * FRAME_MS
+        self.scheduler: Scheduler[RequestHandle] = Scheduler(cfg.max_batch, cfg.max_queue)
+        self.slots: dict[int, _Slot] = {}
+        self.stats = EngineStats()
+        self.state = "starting"  # starting | serving | draining | stopped
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        codec.start_streaming(cfg.max_batch)  # type: ignore[attr-defined]
+
+    # -- public API (any thread) ----------------------------------------------------------------
+    @property
+    def is_serving(self) -> bool:
+        return self.state == "serving"
+
+    @property
+    def num_active(self) -> int:
+        return len(self.slots)
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self.scheduler.waiting)
+
+    def prepare(self, request: SynthesisRequest) -> tuple[np.ndarray, np.ndarray]:
+        """Validate and tokenise -> prompt tokens, mask [S, 33]; raises InvalidRequest."""
+        validate_request(request, self.max_audio_ms)
+        tokens, mask = build_prompt(
+            self.tokenizer, request.context, request.text, request.speaker, self.model_cfg.num_codebooks
+        )
+        check_room(tokens.shape[0], self.model_cfg.max_seq_len)
+        return tokens, mask
+
+    def submit(self, request: SynthesisRequest, sink: Sink) -> RequestHandle:
+        """Queue a request; raises InvalidRequest, Overloaded or EngineUnavailable."""
+        tokens, mask = self.prepare(request)
+        seed = request.seed if request.seed is not None else secrets.randbits(63)
+        handle = RequestHandle(request, sink, tokens, mask, seed)
+        handle._engine = self
+        with self._cond:
+            if self.state != "serving":
+                raise EngineUnavailable(f"engine is {self.state}")
+            self.scheduler.enqueue(handle)
+            self._cond.notify()
+        return handle
+
+    def start(self) -> None:
+        """Warm up, then start the loop thread and report SERVING."""
+        self._warm_up()
+        self._thread = threading.Thread(target=self._run, name="csm-engine", daemon=True)
+        self.state = "serving"
+        self._thread.start()
+        log.info("engine serving: %d slots, queue %d", self.cfg.max_batch, self.cfg.max_queue)
+
+    def drain(self) -> None:
+        """Refuse new work; running and queued requests finish."""
+        with self._cond:
+            if self.state == "serving":
+                self.state = "draining"
+
+    def is_idle(self) -> bool:
+        with self._cond:
+            return not self.slots and not self.scheduler.waiting
+
+    def stop(self, timeout: float = 5.0) -> None:
+        with self._cond:
+            self.state = "stopped"
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _wake(self) -> None:
+        with self._cond:
+            self._cond.notify()
+
+    # -- the loop (engine thread) ---------------------------------------------------------------
+    def _warm_up(self) -> None:
+        tokens, mask = self.prepare(SynthesisRequest(text="warm up"))
+        for _ in range(2):
+            self.runner.prefill(0, tokens, mask, seed=0, temperature=0.9, top_k=50)
+            codes = self.runner.step(1, tokens.shape[0] + 1)
+            self.codec.decode_step(  # type: ignore[attr-defined]
+                torch.zeros(self.cfg.max_batch, codes.shape[1], dtype=torch.int64),
+                torch.zeros(self.cfg.max_batch, dtype=torch.bool),
+            )
+            self.runner.release(0)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                if self.state == "stopped":
+                    break
+                cancelled = [s for s, sl in self.slots.items() if sl.handle.cancelled.is_set()]
+                for handle in [h for h in self.scheduler.waiting if h.cancelled.is_set()]:
+                    self.scheduler.remove_waiting(handle)
+                    self._finish_unstarted(handle, "cancelled")
+                for slot in cancelled:
+                    self._finish(slot, "cancelled")
+                admitted = self.scheduler.admit()
+                if not admitted and not self.slots:
+                    self._cond.wait(timeout=0.5)
+                    continue
+            try:
+                for slot, handle in admitted:
+                    self._admit(slot, handle)
+                if self.slots:
+                    self._step()
+            except Exception as exc:
+                log.exception("engine step failed")
+                with self._cond:
+                    for slot in list(self.slots):
+                        self._finish(slot, "error", error=f"synthesis failed: {exc}")
+        with self._cond:
+            for slot in list(self.slots):
+                self._finish(slot, "cancelled", error="engine stopped")
+            while self.scheduler.waiting:
+                self._finish_unstarted(self.scheduler.waiting.popleft(), "cancelled")
+
+    def _admit(self, slot: int, handle: RequestHandle) -> None:
+        req = handle.request
+        start = time.perf_counter()
+        prompt_len = handle.tokens.shape[0]
+        self.runner.prefill(slot, handle.tokens, handle.mask, handle.seed, float(req.temperature), int(req.top_k))
+        reset = torch.zeros(self.cfg.max_batch, dtype=torch.bool)
+        reset[slot] = True
+        self.codec.reset_rows(reset)  # type: ignore[attr-defined]
+        state = _Slot(handle, min(req.max_frames, self.model_cfg.max_seq_len - prompt_len), prompt_len)
+        state.timings.queued_s = start - handle.submitted_at
+        state.timings.prefill_s = time.perf_counter() - start
+        with self._cond:
+            self.slots[slot] = state
+
+    def _step(self) -> None:
+        num_rows = max(self.slots) + 1
+        kv_len = max(s.position for s in self.slots.values()) + 1
+        codes = self.runner.step(num_rows, kv_len)  # [n, K]
+        codes_host = codes.cpu().numpy()
+        self.stats.steps += 1
+        active = torch.zeros(self.cfg.max_batch, dtype=torch.bool)
+        is_eos = (codes_host == 0).all(axis=1)
+        for slot in self.slots:
+            if not is_eos[slot]:
+                active[slot] = True
+        pcm = None
+        if active.any():
+            all_codes = torch.zeros(self.cfg.max_batch, codes.shape[1], dtype=torch.int64, device=codes.device)
+            all_codes[:num_rows] = codes
+            pcm = self.codec.decode_step(all_codes, active).cpu().numpy()  # type: ignore[attr-defined]
+        now = time.perf_counter()
+        done: list[tuple[int, str]] = []
+        for slot, state in self.slots.items():
+            state.position += 1
+            if is_eos[slot]:
+                done.append((slot, "eos"))
+                continue
+            state.frames.append(codes_host[slot])
+            state.pcm.append(pcm[slot])  # type: ignore[index]
+            self.stats.frames_generated += 1
+            want = self.cfg.first_chunk_frames if state.chunk_index == 0 else self.cfg.chunk_frames
+            if len(state.pcm) >= want:
+                self._emit_chunk(state, now)
+            if len(state.frames) >= state.max_frames:
+                done.append((slot, "max_length"))
+        with self._cond:
+            for slot, reason in done:
+                self._finish(slot, reason)
+
+    def _emit_chunk(self, state: _Slot, now: float) -> None:
+        if not state.pcm:
+            return
+        if state.chunk_index == 0:
+            state.timings.first_audio_s = now - state.handle.submitted_at
+        chunk = AudioChunk(np.concatenate(state.pcm), state.chunk_index, state.frames_sent, len(state.pcm))
+        state.frames_sent += len(state.pcm)
+        state.chunk_index += 1
+        state.pcm = []
+        self._deliver(state.handle, chunk)
+
+    def _finish(self, slot: int, reason: str, error: str | None = None) -> None:
+        """Close a running request (caller holds the lock)."""
+        state = self.slots.pop(slot)
+        self.runner.release(slot)
+        self.scheduler.release(slot)
+        if reason in ("eos", "max_length"):
+            self._emit_chunk(state, time.perf_counter())
+        timings = state.timings
+        timings.total_s = time.perf_counter() - state.handle.submitted_at
+        timings.audio_s = len(state.frames) * FRAME_MS / 1000
+        codes = np.stack(state.frames, axis=1) if state.frames else np.zeros((32, 0), dtype=np.int64)
+        self._count(reason)
+        self._deliver(state.handle, Finished(reason, len(state.frames), state.handle.seed, timings, error, codes))
+
+    def _finish_unstarted(self, handle: RequestHandle, reason: str) -> None:
+        self._count(reason)
+        self._deliver(handle, Finished(reason, 0, handle.seed, Timings(), None, np.zeros((32, 0), dtype=np.int64)))
+
+    def _count(self, reason: str) -> None:
+        self.stats.finished[reason] = self.stats.finished.get(reason, 0) + 1
+
+    @staticmethod
+    def _deliver(handle: RequestHandle, event: Event) -> None:
+        try:
+            handle.sink(event)
+        except Exception:
+            log.exception("request %d: sink failed", handle.id)
+            handle.cancel()
