@@ -31,7 +31,7 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format csm_service tests
 
 bench: $(STAMP)
-	$(PY) -m csm_service.cli bench $(BENCH_ARGS)
+	$(PY) -m csm_service.cli bench $(or $(BENCH_ARGS),frame)
 
 run: $(STAMP)
 	$(VENV)/bin/csm-service serve --model tiny-random

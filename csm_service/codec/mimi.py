@@ -76,7 +76,9 @@ class MimiCodec:
 
     @torch.inference_mode()
     def decode_all(self, codes: torch.Tensor) -> torch.Tensor:
-        """codes [32, F] -> pcm [F * 1920], whole sequence at once (no streaming state)."""
+        """codes [32, F] -> pcm [F * 1920], whole sequence at once (a codec that is not streaming)."""
+        if self._stream_rows:
+            raise RuntimeError("decode_all needs a codec that is not in streaming mode")
         codes = codes.clamp(0, MAX_CODE).to(self.device)
         return self.mimi.decode(codes.unsqueeze(0))[0, 0].float()
 

@@ -57,7 +57,7 @@ class RequestHandle:
         if not self.cancelled.is_set():
             self.cancelled.set()
             if self._engine is not None:
-                self._engine._wake()
+                self._engine._on_cancel(self)
 
 
 @dataclass
@@ -155,8 +155,11 @@ class Engine:
         if self._thread is not None:
             self._thread.join(timeout)
 
-    def _wake(self) -> None:
+    def _on_cancel(self, handle: RequestHandle) -> None:
+        """A waiting request leaves the queue at once; a running one is freed at the next frame."""
         with self._cond:
+            if self.scheduler.remove_waiting(handle):
+                self._finish_unstarted(handle, "cancelled")
             self._cond.notify()
 
     # -- the loop (engine thread) ---------------------------------------------------------------
@@ -177,9 +180,6 @@ class Engine:
                 if self.state == "stopped":
                     break
                 cancelled = [s for s, sl in self.slots.items() if sl.handle.cancelled.is_set()]
-                for handle in [h for h in self.scheduler.waiting if h.cancelled.is_set()]:
-                    self.scheduler.remove_waiting(handle)
-                    self._finish_unstarted(handle, "cancelled")
                 for slot in cancelled:
                     self._finish(slot, "cancelled")
                 admitted = self.scheduler.admit()

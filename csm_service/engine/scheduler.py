@@ -33,7 +33,7 @@ class Scheduler(Generic[T]):
 
     def enqueue(self, item: T) -> None:
         """Queue ``item``; refuses with Overloaded when slots and queue are both full."""
-        if len(self.waiting) >= self.max_queue and not (self._free and not self.waiting):
+        if len(self.waiting) >= self.max_queue + len(self._free):  # free slots take waiters next frame
             raise Overloaded(
                 f"overloaded: {self.num_running} utterances running and {len(self.waiting)} waiting; retry later"
             )

@@ -26,8 +26,17 @@ class CSM(nn.Module):
         self.projection = nn.Linear(dim, dec_dim, bias=False)
         self.codebook0_head = nn.Linear(dim, cfg.audio_vocab_size, bias=False)
         self.audio_head = nn.Parameter(torch.empty(cfg.num_codebooks - 1, dec_dim, cfg.audio_vocab_size))
-        offsets = torch.arange(cfg.num_codebooks) * cfg.audio_vocab_size
-        self.register_buffer("codebook_offsets", offsets, persistent=False)  # [K]
+        self.register_buffer("codebook_offsets", torch.empty(cfg.num_codebooks, dtype=torch.int64), persistent=False)
+        self.init_buffers()
+
+    def init_buffers(self, device: torch.device | str | None = None) -> None:
+        """Compute the non-persistent buffers (also after building on the meta device)."""
+        device = device if device is not None else self.codebook_offsets.device
+        if torch.device(device).type == "meta":
+            return
+        self.codebook_offsets = torch.arange(self.cfg.num_codebooks, device=device) * self.cfg.audio_vocab_size  # [K]
+        self.backbone.init_buffers(device)
+        self.decoder.init_buffers(device)
 
     def setup_caches(self, max_batch: int) -> None:
         """Allocate static KV caches for ``max_batch`` slots in the model's dtype and device."""

@@ -113,10 +113,17 @@ class Transformer(nn.Module):
         self.max_positions = max_positions
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
-        cos, sin = rope_tables(cfg, max_positions)
-        self.register_buffer("rope_cos", cos, persistent=False)  # [P, Dh]
-        self.register_buffer("rope_sin", sin, persistent=False)
+        self.register_buffer("rope_cos", torch.empty(max_positions, cfg.head_dim), persistent=False)  # [P, Dh]
+        self.register_buffer("rope_sin", torch.empty(max_positions, cfg.head_dim), persistent=False)
         self.caches = nn.ModuleList()
+        self.init_buffers()
+
+    def init_buffers(self, device: torch.device | str | None = None) -> None:
+        """(Re)compute the RoPE tables, e.g. after building on the meta device."""
+        cos, sin = rope_tables(self.cfg, self.max_positions)
+        device = device if device is not None else self.rope_cos.device
+        if torch.device(device).type != "meta":
+            self.rope_cos, self.rope_sin = cos.to(device), sin.to(device)
 
     def setup_caches(self, max_batch: int, dtype: torch.dtype, device: torch.device) -> None:
         cfg = self.cfg

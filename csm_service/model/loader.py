@@ -125,19 +125,23 @@ def load_checkpoint(files: ModelFiles, cfg: CsmConfig | None = None) -> CSM:
     """Build the model from ``files``: config from config.json unless given, both namings."""
     if cfg is None:
         cfg = config_from_json(files.config_json) if files.config_json else CSM_1B
-    state = read_state_dict(files.weights)
+    return model_from_state_dict(read_state_dict(files.weights), cfg)
+
+
+def model_from_state_dict(state: dict[str, torch.Tensor], cfg: CsmConfig) -> CSM:
+    """A CSM whose parameters are the given tensors (either naming; no copy where dtypes agree)."""
     mapped, unexpected = to_internal_names(state, cfg)
     with torch.device("meta"):
         model = CSM(cfg)
-    expected = model.state_dict()
-    validate(mapped, expected)
+    validate(mapped, model.state_dict())
     if unexpected:
         log.warning("ignoring %d unexpected checkpoint tensor(s): %s", len(unexpected), ", ".join(unexpected[:8]))
-    model = CSM(cfg)
+    mapped = {k: v.float() if v.is_floating_point() else v for k, v in mapped.items()}
     try:
-        model.load_state_dict(mapped, strict=True)
+        model.load_state_dict(mapped, strict=True, assign=True)
     except RuntimeError as exc:  # validate() should have caught it; keep the message precise anyway
         raise CheckpointError(str(exc)) from exc
+    model.init_buffers("cpu")
     return model
 
 

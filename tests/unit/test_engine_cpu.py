@@ -1,0 +1,161 @@
+"""Engine behaviour on tiny-random (CPU, fp32, eager): streaming, reproducibility, batching,
+cancellation, queue bounds and bad input."""
+
+from __future__ import annotations
+
+import queue
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from csm_service.codec.mimi import MimiCodec
+from csm_service.config import SAMPLES_PER_FRAME, EngineConfig
+from csm_service.engine.build import build_engine
+from csm_service.engine.request import (
+    AudioChunk,
+    Finished,
+    InvalidRequest,
+    Overloaded,
+    Segment,
+    SynthesisRequest,
+)
+
+
+@pytest.fixture(scope="module")
+def engine():
+    eng = build_engine(EngineConfig(model="tiny-random", max_batch=4, max_queue=2, first_chunk_frames=1, chunk_frames=2))
+    yield eng
+    eng.stop()
+
+
+def run(engine, request: SynthesisRequest, timeout: float = 60.0):
+    events: queue.Queue = queue.Queue()
+    engine.submit(request, events.put)
+    chunks = []
+    while True:
+        event = events.get(timeout=timeout)
+        if isinstance(event, Finished):
+            return chunks, event
+        chunks.append(event)
+
+
+def test_stream_chunks_and_lengths(engine):
+    chunks, done = run(engine, SynthesisRequest("Hello there", max_audio_length_ms=800, seed=1))
+    assert done.reason == "max_length" and done.num_frames == 10
+    assert [c.num_frames for c in chunks] == [1, 2, 2, 2, 2, 1]  # first chunk after one frame
+    assert all(c.pcm.dtype == np.float32 and c.pcm.size == c.num_frames * SAMPLES_PER_FRAME for c in chunks)
+    assert [c.index for c in chunks] == list(range(len(chunks)))
+    assert done.codes.shape == (32, 10) and done.codes.max() <= 2050
+    assert done.timings.first_audio_s <= done.timings.total_s
+
+
+def test_streamed_audio_equals_whole_sequence_decode(engine):
+    chunks, done = run(engine, SynthesisRequest("Stream me", max_audio_length_ms=640, seed=5))
+    streamed = np.concatenate([c.pcm for c in chunks])
+    reference_codec = MimiCodec(None, torch.device("cpu"), seed=0)  # same seeded random weights
+    whole = reference_codec.decode_all(torch.from_numpy(done.codes)).numpy()
+    np.testing.assert_allclose(streamed, whole, atol=1e-5)
+
+
+def test_same_seed_same_codes_and_different_seed_differs(engine):
+    _, a = run(engine, SynthesisRequest("Repeat", max_audio_length_ms=400, seed=42))
+    _, b = run(engine, SynthesisRequest("Repeat", max_audio_length_ms=400, seed=42))
+    _, c = run(engine, SynthesisRequest("Repeat", max_audio_length_ms=400, seed=43))
+    assert np.array_equal(a.codes, b.codes)
+    assert not np.array_equal(a.codes, c.codes)
+    assert a.seed == 42
+
+
+def test_batched_equals_alone(engine):
+    """A request's codes depend only on its own seed: alone == with three neighbours."""
+    alone = {}
+    requests = [SynthesisRequest(f"Caller number {i}", max_audio_length_ms=480, seed=100 + i) for i in range(4)]
+    for i, r in enumerate(requests):
+        alone[i] = run(engine, r)[1].codes
+    results: dict[int, Finished] = {}
+    threads = [threading.Thread(target=lambda i=i, r=r: results.__setitem__(i, run(engine, r)[1])) for i, r in enumerate(requests)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert engine.stats.steps > 0
+    for i in range(4):
+        assert np.array_equal(results[i].codes, alone[i]), i
+
+
+def test_context_segment_changes_output(engine):
+    rng = np.random.default_rng(0)
+    seg = Segment(1, "Earlier turn.", rng.integers(0, 2048, (32, 20)))
+    _, plain = run(engine, SynthesisRequest("Reply", max_audio_length_ms=240, seed=9))
+    _, with_ctx = run(engine, SynthesisRequest("Reply", max_audio_length_ms=240, seed=9, context=(seg,)))
+    assert not np.array_equal(plain.codes, with_ctx.codes)
+
+
+def test_cancel_frees_slot(engine):
+    events: queue.Queue = queue.Queue()
+    handle = engine.submit(SynthesisRequest("Long one", max_audio_length_ms=60_000, seed=1), events.put)
+    first = events.get(timeout=30)
+    assert isinstance(first, AudioChunk)
+    handle.cancel()
+    while not isinstance(event := events.get(timeout=30), Finished):
+        pass
+    assert event.reason == "cancelled" and event.num_frames < 750
+    _, done = run(engine, SynthesisRequest("Next", max_audio_length_ms=160, seed=1))
+    assert done.reason == "max_length"
+
+
+def test_queue_full_is_refused(engine):
+    finished: queue.Queue = queue.Queue()
+    handles = []
+    capacity = engine.cfg.max_batch + engine.cfg.max_queue
+    try:
+        for _ in range(capacity):
+            handles.append(engine.submit(SynthesisRequest("x", max_audio_length_ms=20_000, seed=1), finished.put))
+        with pytest.raises(Overloaded, match="overloaded"):
+            engine.submit(SynthesisRequest("one too many", seed=1), finished.put)
+    finally:
+        for h in handles:
+            h.cancel()
+    reasons = []
+    while len(reasons) < len(handles):
+        if isinstance(event := finished.get(timeout=30), Finished):
+            reasons.append(event.reason)
+    assert reasons == ["cancelled"] * capacity
+    _, done = run(engine, SynthesisRequest("after", max_audio_length_ms=160, seed=1))
+    assert done.reason == "max_length"
+
+
+@pytest.mark.parametrize(
+    ("request_kwargs", "field"),
+    [
+        ({"text": ""}, "text"),
+        ({"text": "   "}, "text"),
+        ({"text": "x" * 5000}, "text"),
+        ({"text": "hi", "max_audio_length_ms": -5}, "max_audio_length_ms"),
+        ({"text": "hi", "max_audio_length_ms": 0}, "max_audio_length_ms"),
+        ({"text": "hi", "max_audio_length_ms": 10**9}, "max_audio_length_ms"),
+        ({"text": "hi", "speaker": "bob"}, "speaker"),
+        ({"text": "hi", "speaker": 1.5}, "speaker"),
+        ({"text": "hi", "speaker": -1}, "speaker"),
+        ({"text": "hi", "temperature": 0}, "temperature"),
+        ({"text": "hi", "top_k": 0}, "top_k"),
+        ({"text": "hi", "seed": -1}, "seed"),
+        ({"text": "hi", "context": (Segment(0, "c", np.full((32, 2), 4096)),)}, "context[0].codes"),
+        ({"text": "hi", "context": (Segment(0, "c", np.zeros((8, 2), dtype=np.int64)),)}, "context[0].codes"),
+    ],
+)
+def test_bad_input_names_the_field(engine, request_kwargs, field):
+    with pytest.raises(InvalidRequest) as err:
+        engine.submit(SynthesisRequest(**request_kwargs), lambda e: None)
+    assert err.value.field == field
+
+
+def test_prompt_overflowing_positions_is_refused(engine):
+    long_context = (Segment(0, "context", np.zeros((32, 2100), dtype=np.int64)),)
+    with pytest.raises(InvalidRequest, match="no room"):
+        engine.submit(SynthesisRequest("hi", context=long_context), lambda e: None)
+    # the engine still serves
+    _, done = run(engine, SynthesisRequest("still alive", max_audio_length_ms=160, seed=1))
+    assert done.reason == "max_length"
