@@ -38,3 +38,6 @@ run: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
+
+proto: $(STAMP)
+	$(PY) scripts/gen_proto.py

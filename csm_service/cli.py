@@ -1,4 +1,4 @@
-"""``csm-service`` command line: say, engine, bench (serve and edge come with the HTTP edge)."""
+"""``csm-service`` command line: say, engine, bench."""
 
 from __future__ import annotations
 
@@ -85,6 +85,15 @@ def cmd_say(args: argparse.Namespace) -> int:
     return 0 if np.isfinite(pcm).all() else 1
 
 
+def cmd_engine(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from csm_service.rpc.worker import run_engine_worker
+
+    cfg = _config(args, (*ENGINE_OPTS, "grpc_host", "grpc_port", "metrics_port", "drain_timeout_s"))
+    return asyncio.run(run_engine_worker(cfg))
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from csm_service.bench import main as bench_main
 
@@ -106,6 +115,14 @@ def build_parser() -> argparse.ArgumentParser:
     say.add_argument("--sample-seed", type=int, default=None, help="makes the output reproducible")
     _engine_flags(say)
     say.set_defaults(func=cmd_say)
+
+    engine = sub.add_parser("engine", help="run a gRPC engine worker (owns the GPU)")
+    engine.add_argument("--grpc-host", help="bind address (CSM_GRPC_HOST, default 0.0.0.0)")
+    engine.add_argument("--grpc-port", type=int, help="gRPC port (CSM_GRPC_PORT, default 50051)")
+    engine.add_argument("--metrics-port", type=int, help="Prometheus port, 0 = off (CSM_METRICS_PORT)")
+    engine.add_argument("--drain-timeout-s", type=float, help="SIGTERM drain deadline (CSM_DRAIN_TIMEOUT_S)")
+    _engine_flags(engine)
+    engine.set_defaults(func=cmd_engine)
 
     bench = sub.add_parser("bench", help="benchmarks (JSON + table); see csm-service bench -h")
     bench.add_argument("rest", nargs=argparse.REMAINDER)

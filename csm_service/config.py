@@ -99,13 +99,14 @@ class ServiceConfig:
     engine: EngineConfig = field(default_factory=EngineConfig)
     host: str = "0.0.0.0"
     port: int = 8000
-    grpc_host: str = "127.0.0.1"
+    grpc_host: str = "0.0.0.0"
     grpc_port: int = 50051
     metrics_port: int = 0  # 0: no separate metrics port
     engine_addresses: tuple[str, ...] = ()
     data_dir: str = "./data"
     api_keys: tuple[str, ...] = ()
     log_level: str = "INFO"
+    drain_timeout_s: float = 30.0  # SIGTERM: how long running utterances may take to finish
 
 
 _ENV_PREFIX = "CSM_"

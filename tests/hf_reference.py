@@ -16,6 +16,7 @@ from csm_service.peers.transformers_csm import LLAMA3_ROPE, build_hf_model, hf_c
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
+
 def halves_to_interleaved(weight: torch.Tensor, num_heads: int) -> torch.Tensor:
     out_dim, in_dim = weight.shape
     return weight.view(num_heads, 2, out_dim // num_heads // 2, in_dim).transpose(1, 2).reshape(out_dim, in_dim)

@@ -7,7 +7,9 @@ idle slots unchanged, so every live stream is decoded in one batched call per fr
 
 from __future__ import annotations
 
+import copy
 import logging
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +60,10 @@ class MimiCodec:
             torch.manual_seed(seed)
         self.mimi = loaders.get_mimi(str(weights) if weights else None, device=device, num_codebooks=NUM_CODEBOOKS)
         self.mimi.eval()
+        # Streaming mode holds state in every Mimi module, encoder included; prompts are encoded by
+        # a copy of the model that never streams, under its own lock, from any thread.
+        self._encoder_model = copy.deepcopy(self.mimi)
+        self._encode_lock = threading.Lock()
         self.device = device
         self.sample_rate = int(self.mimi.sample_rate)
         self.frame_size = SAMPLES_PER_FRAME
@@ -71,7 +77,8 @@ class MimiCodec:
             raise ValueError("audio to encode must be a non-empty mono array")
         pad = (-pcm.size) % self.frame_size
         wav = torch.from_numpy(np.pad(pcm.astype(np.float32), (0, pad))).to(self.device)
-        codes = self.mimi.encode(wav.view(1, 1, -1))  # [1, 32, F]
+        with self._encode_lock:
+            codes = self._encoder_model.encode(wav.view(1, 1, -1))  # [1, 32, F]
         return codes[0].cpu().numpy().astype(np.int64)
 
     @torch.inference_mode()

@@ -16,9 +16,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+import soxr
 import torch
 
-from csm_service.config import FRAME_MS, EngineConfig
+from csm_service.config import FRAME_MS, SAMPLE_RATE, EngineConfig
 from csm_service.engine.prompt import build_prompt, check_room
 from csm_service.engine.request import (
     AudioChunk,
@@ -129,6 +130,12 @@ class Engine:
             self.scheduler.enqueue(handle)
             self._cond.notify()
         return handle
+
+    def encode_prompt(self, pcm: np.ndarray, sample_rate: int) -> np.ndarray:
+        """float32 mono audio at any rate -> Mimi codes [32, F] (thread-safe, beside the loop)."""
+        if sample_rate != SAMPLE_RATE:
+            pcm = soxr.resample(pcm, sample_rate, SAMPLE_RATE, quality="HQ").astype(np.float32)
+        return self.codec.encode(pcm)  # type: ignore[attr-defined]
 
     def start(self) -> None:
         """Warm up, then start the loop thread and report SERVING."""

@@ -12,6 +12,7 @@ import torch
 
 from csm_service.engine.frame import FrameInputs, frame_step
 from csm_service.model.csm import CSM
+from csm_service.model.fuse import fuse_projections
 
 
 def pick_device(name: str) -> torch.device:
@@ -29,6 +30,7 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
 class ModelRunner:
     def __init__(self, model: CSM, max_batch: int, device: torch.device, dtype: torch.dtype) -> None:
         self.model = model.to(device=device, dtype=dtype).eval()
+        fuse_projections(self.model, pack_cpu=device.type == "cpu")
         self.model.setup_caches(max_batch)
         self.cfg = model.cfg
         self.max_batch = max_batch

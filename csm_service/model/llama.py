@@ -60,6 +60,14 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(cfg.dim, cfg.num_kv_heads * cfg.head_dim, bias=False)
         self.v_proj = nn.Linear(cfg.dim, cfg.num_kv_heads * cfg.head_dim, bias=False)
         self.o_proj = nn.Linear(cfg.num_heads * cfg.head_dim, cfg.dim, bias=False)
+        self.qkv: nn.Module | None = None  # q, k, v fused into one projection by fuse_projections()
+
+    def project_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x [B, S, D] -> q [B, S, H*Dh], k, v [B, S, Hkv*Dh]."""
+        if self.qkv is None:
+            return self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        return self.qkv(x).split([q_size, kv_size, kv_size], dim=-1)
 
     def forward(
         self,
@@ -73,9 +81,10 @@ class Attention(nn.Module):
         kv_len: int,
     ) -> torch.Tensor:
         b, s, _ = x.shape
-        q = self.q_proj(x).view(b, s, self.num_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(b, s, self.num_kv_heads, self.head_dim)
-        v = self.v_proj(x).view(b, s, self.num_kv_heads, self.head_dim)
+        q, k, v = self.project_qkv(x)
+        q = q.reshape(b, s, self.num_heads, self.head_dim).transpose(1, 2)
+        k = k.reshape(b, s, self.num_kv_heads, self.head_dim)
+        v = v.reshape(b, s, self.num_kv_heads, self.head_dim)
         q = apply_rope(q, cos, sin)  # [B, H, S, Dh]
         k = apply_rope(k.transpose(1, 2), cos, sin).transpose(1, 2)  # [B, S, Hkv, Dh]
         cache.write(rows, positions, k, v)
@@ -90,9 +99,13 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(cfg.dim, cfg.mlp_dim, bias=False)
         self.up_proj = nn.Linear(cfg.dim, cfg.mlp_dim, bias=False)
         self.down_proj = nn.Linear(cfg.mlp_dim, cfg.dim, bias=False)
+        self.gate_up: nn.Module | None = None  # gate and up fused by fuse_projections()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        if self.gate_up is None:
+            return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
 
 
 class Block(nn.Module):

@@ -25,7 +25,9 @@ from csm_service.engine.request import (
 
 @pytest.fixture(scope="module")
 def engine():
-    eng = build_engine(EngineConfig(model="tiny-random", max_batch=4, max_queue=2, first_chunk_frames=1, chunk_frames=2))
+    eng = build_engine(
+        EngineConfig(model="tiny-random", max_batch=4, max_queue=2, first_chunk_frames=1, chunk_frames=2)
+    )
     yield eng
     eng.stop()
 
@@ -75,7 +77,10 @@ def test_batched_equals_alone(engine):
     for i, r in enumerate(requests):
         alone[i] = run(engine, r)[1].codes
     results: dict[int, Finished] = {}
-    threads = [threading.Thread(target=lambda i=i, r=r: results.__setitem__(i, run(engine, r)[1])) for i, r in enumerate(requests)]
+    threads = [
+        threading.Thread(target=lambda i=i, r=r: results.__setitem__(i, run(engine, r)[1]))
+        for i, r in enumerate(requests)
+    ]
     for t in threads:
         t.start()
     for t in threads:

@@ -106,8 +106,15 @@ def test_empty_directory_and_bad_name(tmp_path):
 
 def test_sesame_config_json(tmp_path):
     (tmp_path / "config.json").write_text(
-        json.dumps({"backbone_flavor": "llama-1B", "decoder_flavor": "llama-100M", "text_vocab_size": 128256,
-                    "audio_vocab_size": 2051, "audio_num_codebooks": 32})
+        json.dumps(
+            {
+                "backbone_flavor": "llama-1B",
+                "decoder_flavor": "llama-100M",
+                "text_vocab_size": 128256,
+                "audio_vocab_size": 2051,
+                "audio_num_codebooks": 32,
+            }
+        )
     )
     from csm_service.model.checkpoint import config_from_json
 
@@ -132,9 +139,22 @@ def test_llama3_tokenizer_adds_bos_eos(tmp_path):
 def test_say_writes_a_24khz_mono_wav(tmp_path):
     out = tmp_path / "x.wav"
     proc = subprocess.run(
-        [sys.executable, "-m", "csm_service.cli", "say", "hello", "-o", str(out), "--model", "tiny-random",
-         "--max-audio-length-ms", "400"],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "csm_service.cli",
+            "say",
+            "hello",
+            "-o",
+            str(out),
+            "--model",
+            "tiny-random",
+            "--max-audio-length-ms",
+            "400",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     with wave.open(str(out)) as w:

@@ -1,0 +1,1 @@
+"""gRPC: the engine servicer, the thin async client, and the generated csm.v1 code (gen/)."""

@@ -1,0 +1,154 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class AudioEncoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    AUDIO_ENCODING_UNSPECIFIED: _ClassVar[AudioEncoding]
+    PCM16_24KHZ: _ClassVar[AudioEncoding]
+    PCM16_8KHZ: _ClassVar[AudioEncoding]
+    MULAW_8KHZ: _ClassVar[AudioEncoding]
+    ALAW_8KHZ: _ClassVar[AudioEncoding]
+
+class FinishReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FINISH_REASON_UNSPECIFIED: _ClassVar[FinishReason]
+    END_OF_SPEECH: _ClassVar[FinishReason]
+    MAX_LENGTH: _ClassVar[FinishReason]
+AUDIO_ENCODING_UNSPECIFIED: AudioEncoding
+PCM16_24KHZ: AudioEncoding
+PCM16_8KHZ: AudioEncoding
+MULAW_8KHZ: AudioEncoding
+ALAW_8KHZ: AudioEncoding
+FINISH_REASON_UNSPECIFIED: FinishReason
+END_OF_SPEECH: FinishReason
+MAX_LENGTH: FinishReason
+
+class ContextSegment(_message.Message):
+    __slots__ = ("speaker", "text", "codes")
+    SPEAKER_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    CODES_FIELD_NUMBER: _ClassVar[int]
+    speaker: int
+    text: str
+    codes: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, speaker: _Optional[int] = ..., text: _Optional[str] = ..., codes: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class SynthesizeRequest(_message.Message):
+    __slots__ = ("text", "speaker", "max_audio_length_ms", "temperature", "top_k", "seed", "context", "encoding", "request_id")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    SPEAKER_FIELD_NUMBER: _ClassVar[int]
+    MAX_AUDIO_LENGTH_MS_FIELD_NUMBER: _ClassVar[int]
+    TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    ENCODING_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    speaker: int
+    max_audio_length_ms: int
+    temperature: float
+    top_k: int
+    seed: int
+    context: _containers.RepeatedCompositeFieldContainer[ContextSegment]
+    encoding: AudioEncoding
+    request_id: str
+    def __init__(self, text: _Optional[str] = ..., speaker: _Optional[int] = ..., max_audio_length_ms: _Optional[int] = ..., temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., seed: _Optional[int] = ..., context: _Optional[_Iterable[_Union[ContextSegment, _Mapping]]] = ..., encoding: _Optional[_Union[AudioEncoding, str]] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class Timings(_message.Message):
+    __slots__ = ("time_to_first_audio_ms", "generation_time_ms", "real_time_factor", "queue_ms", "prefill_ms")
+    TIME_TO_FIRST_AUDIO_MS_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_TIME_MS_FIELD_NUMBER: _ClassVar[int]
+    REAL_TIME_FACTOR_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_MS_FIELD_NUMBER: _ClassVar[int]
+    PREFILL_MS_FIELD_NUMBER: _ClassVar[int]
+    time_to_first_audio_ms: float
+    generation_time_ms: float
+    real_time_factor: float
+    queue_ms: float
+    prefill_ms: float
+    def __init__(self, time_to_first_audio_ms: _Optional[float] = ..., generation_time_ms: _Optional[float] = ..., real_time_factor: _Optional[float] = ..., queue_ms: _Optional[float] = ..., prefill_ms: _Optional[float] = ...) -> None: ...
+
+class SynthesizeResponse(_message.Message):
+    __slots__ = ("audio", "encoding", "sample_rate", "duration_ms", "num_frames", "finish_reason", "seed", "timings", "codes", "request_id")
+    AUDIO_FIELD_NUMBER: _ClassVar[int]
+    ENCODING_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
+    DURATION_MS_FIELD_NUMBER: _ClassVar[int]
+    NUM_FRAMES_FIELD_NUMBER: _ClassVar[int]
+    FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    CODES_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    audio: bytes
+    encoding: AudioEncoding
+    sample_rate: int
+    duration_ms: float
+    num_frames: int
+    finish_reason: FinishReason
+    seed: int
+    timings: Timings
+    codes: _containers.RepeatedScalarFieldContainer[int]
+    request_id: str
+    def __init__(self, audio: _Optional[bytes] = ..., encoding: _Optional[_Union[AudioEncoding, str]] = ..., sample_rate: _Optional[int] = ..., duration_ms: _Optional[float] = ..., num_frames: _Optional[int] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., seed: _Optional[int] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., codes: _Optional[_Iterable[int]] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class AudioChunk(_message.Message):
+    __slots__ = ("audio", "sequence", "duration_ms", "encoding", "sample_rate", "final", "finish_reason", "seed", "timings", "num_frames", "codes", "request_id")
+    AUDIO_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    DURATION_MS_FIELD_NUMBER: _ClassVar[int]
+    ENCODING_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
+    FINAL_FIELD_NUMBER: _ClassVar[int]
+    FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    NUM_FRAMES_FIELD_NUMBER: _ClassVar[int]
+    CODES_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    audio: bytes
+    sequence: int
+    duration_ms: float
+    encoding: AudioEncoding
+    sample_rate: int
+    final: bool
+    finish_reason: FinishReason
+    seed: int
+    timings: Timings
+    num_frames: int
+    codes: _containers.RepeatedScalarFieldContainer[int]
+    request_id: str
+    def __init__(self, audio: _Optional[bytes] = ..., sequence: _Optional[int] = ..., duration_ms: _Optional[float] = ..., encoding: _Optional[_Union[AudioEncoding, str]] = ..., sample_rate: _Optional[int] = ..., final: _Optional[bool] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., seed: _Optional[int] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., num_frames: _Optional[int] = ..., codes: _Optional[_Iterable[int]] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class EncodePromptRequest(_message.Message):
+    __slots__ = ("audio", "sample_rate", "transcript", "speaker")
+    AUDIO_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
+    TRANSCRIPT_FIELD_NUMBER: _ClassVar[int]
+    SPEAKER_FIELD_NUMBER: _ClassVar[int]
+    audio: bytes
+    sample_rate: int
+    transcript: str
+    speaker: int
+    def __init__(self, audio: _Optional[bytes] = ..., sample_rate: _Optional[int] = ..., transcript: _Optional[str] = ..., speaker: _Optional[int] = ...) -> None: ...
+
+class EncodePromptResponse(_message.Message):
+    __slots__ = ("codes", "num_frames", "speaker", "transcript", "duration_ms")
+    CODES_FIELD_NUMBER: _ClassVar[int]
+    NUM_FRAMES_FIELD_NUMBER: _ClassVar[int]
+    SPEAKER_FIELD_NUMBER: _ClassVar[int]
+    TRANSCRIPT_FIELD_NUMBER: _ClassVar[int]
+    DURATION_MS_FIELD_NUMBER: _ClassVar[int]
+    codes: _containers.RepeatedScalarFieldContainer[int]
+    num_frames: int
+    speaker: int
+    transcript: str
+    duration_ms: float
+    def __init__(self, codes: _Optional[_Iterable[int]] = ..., num_frames: _Optional[int] = ..., speaker: _Optional[int] = ..., transcript: _Optional[str] = ..., duration_ms: _Optional[float] = ...) -> None: ...

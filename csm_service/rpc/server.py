@@ -1,0 +1,256 @@
+"""The engine worker's grpc.aio server: csm.v1.TextToSpeech + grpc.health.v1 + reflection.
+
+Start-up: the server listens at once with health NOT_SERVING, the engine is built and warmed in a
+thread, then health turns SERVING. SIGTERM: NOT_SERVING, refuse new work, let running utterances
+finish up to the drain deadline, stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from csm_service.audio.encoder import StreamEncoder
+from csm_service.engine.engine import Engine
+from csm_service.engine.request import (
+    AudioChunk,
+    EngineUnavailable,
+    Finished,
+    InvalidRequest,
+    Overloaded,
+)
+from csm_service.metrics import EngineMetrics
+from csm_service.rpc.convert import codes_to_proto, to_engine_request
+from csm_service.rpc.formats import ENCODING_FORMATS, FINISH_REASONS, SERVICE_NAME
+from csm_service.rpc.gen.csm.v1 import tts_pb2 as pb
+from csm_service.rpc.gen.csm.v1 import tts_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+MIN_PROMPT_RATE, MAX_PROMPT_RATE = 8_000, 48_000
+MAX_PROMPT_SECONDS = 60.0
+
+
+def _timings(finished: Finished) -> pb.Timings:
+    t = finished.timings
+    return pb.Timings(
+        time_to_first_audio_ms=t.first_audio_s * 1000,
+        generation_time_ms=t.total_s * 1000,
+        real_time_factor=t.real_time_factor,
+        queue_ms=t.queued_s * 1000,
+        prefill_ms=t.prefill_s * 1000,
+    )
+
+
+class TextToSpeechServicer(tts_pb2_grpc.TextToSpeechServicer):
+    def __init__(self, metrics: EngineMetrics) -> None:
+        self.engine: Engine | None = None  # set once loaded and warmed
+        self.metrics = metrics
+
+    async def _abort(
+        self, context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str, outcome: str
+    ) -> None:
+        self.metrics.requests.labels(outcome).inc()
+        await context.abort(code, message)
+
+    async def _events(
+        self, request: pb.SynthesizeRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[AudioChunk | Finished]:
+        """Submit to the engine and yield its events; aborts with the right status on failure."""
+        engine = self.engine
+        if engine is None or not engine.is_serving:
+            await self._abort(
+                context, grpc.StatusCode.UNAVAILABLE, "engine not ready (loading or draining)", "unavailable"
+            )
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[AudioChunk | Finished] = asyncio.Queue()
+        try:
+            handle = engine.submit(
+                to_engine_request(request), lambda e: loop.call_soon_threadsafe(events.put_nowait, e)
+            )
+        except InvalidRequest as exc:
+            await self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc), "invalid")
+        except Overloaded as exc:
+            await self._abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc), "overloaded")
+        except EngineUnavailable as exc:
+            await self._abort(context, grpc.StatusCode.UNAVAILABLE, str(exc), "unavailable")
+        try:
+            while True:
+                event = await events.get()
+                if isinstance(event, AudioChunk):
+                    yield event
+                    continue
+                if event.reason == "error":
+                    await self._abort(context, grpc.StatusCode.INTERNAL, event.error or "synthesis failed", "error")
+                if event.reason == "cancelled":  # not by this client: the engine is stopping
+                    await self._abort(
+                        context, grpc.StatusCode.UNAVAILABLE, event.error or "engine stopped", "unavailable"
+                    )
+                self.metrics.requests.labels(event.reason).inc()
+                self.metrics.frames.inc(event.num_frames)
+                self.metrics.audio_seconds.inc(event.timings.audio_s)
+                if event.num_frames:
+                    self.metrics.ttfa.observe(event.timings.first_audio_s)
+                    self.metrics.rtf.observe(event.timings.real_time_factor)
+                yield event
+                return
+        finally:
+            if not handle.cancelled.is_set():
+                handle.cancel()  # client went away (cancel / deadline): free the slot now
+            if context.cancelled():
+                self.metrics.requests.labels("cancelled").inc()
+
+    async def SynthesizeStream(
+        self, request: pb.SynthesizeRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.AudioChunk]:
+        fmt = ENCODING_FORMATS.get(request.encoding)
+        if fmt is None:
+            await self._abort(
+                context, grpc.StatusCode.INVALID_ARGUMENT, f"encoding: unknown value {request.encoding}", "invalid"
+            )
+        encoder = StreamEncoder(fmt)
+        common = {
+            "encoding": request.encoding or pb.PCM16_24KHZ,
+            "sample_rate": fmt.sample_rate,
+            "request_id": request.request_id,
+        }
+        sequence = 0
+        async for event in self._events(request, context):
+            if isinstance(event, AudioChunk):
+                data = encoder.encode(event.pcm)
+                yield pb.AudioChunk(
+                    audio=data, sequence=sequence, duration_ms=encoder.duration_ms(len(data)) * 1.0, **common
+                )
+                sequence += 1
+            else:
+                tail = encoder.encode(np.zeros(0, np.float32), last=True)
+                yield pb.AudioChunk(
+                    audio=tail,
+                    sequence=sequence,
+                    duration_ms=encoder.duration_ms(len(tail)) * 1.0,
+                    final=True,
+                    finish_reason=FINISH_REASONS[event.reason],
+                    seed=event.seed,
+                    timings=_timings(event),
+                    num_frames=event.num_frames,
+                    codes=codes_to_proto(event.codes),
+                    **common,
+                )
+
+    async def Synthesize(
+        self, request: pb.SynthesizeRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SynthesizeResponse:
+        fmt = ENCODING_FORMATS.get(request.encoding)
+        if fmt is None:
+            await self._abort(
+                context, grpc.StatusCode.INVALID_ARGUMENT, f"encoding: unknown value {request.encoding}", "invalid"
+            )
+        encoder = StreamEncoder(fmt)
+        parts: list[bytes] = []
+        async for event in self._events(request, context):
+            if isinstance(event, AudioChunk):
+                parts.append(encoder.encode(event.pcm))
+            else:
+                parts.append(encoder.encode(np.zeros(0, np.float32), last=True))
+                audio = b"".join(parts)
+                return pb.SynthesizeResponse(
+                    audio=audio,
+                    encoding=request.encoding or pb.PCM16_24KHZ,
+                    sample_rate=fmt.sample_rate,
+                    duration_ms=float(encoder.duration_ms(len(audio))),
+                    num_frames=event.num_frames,
+                    finish_reason=FINISH_REASONS[event.reason],
+                    seed=event.seed,
+                    timings=_timings(event),
+                    codes=codes_to_proto(event.codes),
+                    request_id=request.request_id,
+                )
+        raise AssertionError("engine ended a request without a Finished event")
+
+    async def EncodePrompt(
+        self, request: pb.EncodePromptRequest, context: grpc.aio.ServicerContext
+    ) -> pb.EncodePromptResponse:
+        engine = self.engine
+        if engine is None or not engine.is_serving:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "engine not ready (loading or draining)")
+        problem = None
+        if not request.transcript.strip():
+            problem = "transcript: must be non-empty"
+        elif not MIN_PROMPT_RATE <= request.sample_rate <= MAX_PROMPT_RATE:
+            problem = f"sample_rate: must be {MIN_PROMPT_RATE}..{MAX_PROMPT_RATE} Hz, got {request.sample_rate}"
+        elif not request.audio or len(request.audio) % 2:
+            problem = "audio: must be non-empty PCM16 (an even number of bytes)"
+        elif len(request.audio) / 2 / request.sample_rate > MAX_PROMPT_SECONDS:
+            problem = (
+                f"audio: {len(request.audio) / 2 / request.sample_rate:.1f} s is longer than {MAX_PROMPT_SECONDS:.0f} s"
+            )
+        elif request.speaker < 0:
+            problem = f"speaker: must be >= 0, got {request.speaker}"
+        if problem:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+        pcm = np.frombuffer(request.audio, dtype="<i2").astype(np.float32) / 32768.0
+        codes = await asyncio.to_thread(engine.encode_prompt, pcm, request.sample_rate)
+        return pb.EncodePromptResponse(
+            codes=codes_to_proto(codes),
+            num_frames=codes.shape[1],
+            speaker=request.speaker,
+            transcript=request.transcript,
+            duration_ms=len(pcm) / request.sample_rate * 1000,
+        )
+
+
+class EngineServer:
+    """The grpc.aio server around one engine, with health and reflection."""
+
+    def __init__(self, metrics: EngineMetrics, address: str) -> None:
+        self.servicer = TextToSpeechServicer(metrics)
+        self.health = HealthServicer()
+        self.server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        tts_pb2_grpc.add_TextToSpeechServicer_to_server(self.servicer, self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            self.server,
+        )
+        self.port = self.server.add_insecure_port(address)
+        if self.port == 0:
+            raise OSError(f"cannot bind gRPC to {address}")
+        self.metrics = metrics
+
+    async def _set_health(self, status: int) -> None:
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, status)
+
+    async def start(self) -> None:
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.server.start()
+
+    async def attach(self, engine: Engine) -> None:
+        """The engine is loaded and warm: serve."""
+        self.servicer.engine = engine
+        self.metrics.bind(lambda: engine.queue_depth, lambda: engine.num_active, lambda: float(engine.is_serving))
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        log.info("gRPC engine serving on port %d", self.port)
+
+    async def drain_and_stop(self, deadline_s: float, on_drain: Callable[[], None] | None = None) -> None:
+        """NOT_SERVING, refuse new work, let running utterances finish up to ``deadline_s``, stop."""
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        engine = self.servicer.engine
+        if engine is not None:
+            engine.drain()
+            loop = asyncio.get_running_loop()
+            end = loop.time() + deadline_s
+            while not engine.is_idle() and loop.time() < end:
+                await asyncio.sleep(0.05)
+        if on_drain:
+            on_drain()
+        await self.server.stop(grace=1.0)
+        if engine is not None:
+            engine.stop()
