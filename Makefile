@@ -23,8 +23,8 @@ test: $(STAMP)
 	$(PY) -m pytest -q tests
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check csm_service tests
-	$(VENV)/bin/ruff format --check csm_service tests
+	$(VENV)/bin/ruff check csm_service tests scripts
+	$(VENV)/bin/ruff format --check csm_service tests scripts
 
 format: $(STAMP)
 	$(VENV)/bin/ruff check --fix csm_service tests

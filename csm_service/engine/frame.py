@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from csm_service.engine.sampling import sample_topk, uniform_noise
+from csm_service.engine.sampling import frame_noise, sample_topk
 from csm_service.model.csm import CSM
 
 
@@ -39,9 +39,10 @@ def sample_frame(model: CSM, rows: slice, inp: FrameInputs) -> torch.Tensor:
     batch = inp.hidden.shape[0]
     vocab = cfg.audio_vocab_size
 
+    noise = frame_noise(inp.seeds, inp.frame_index, cfg.num_codebooks, vocab)  # [B, K, V]
+
     def draw(logits: torch.Tensor, codebook: int) -> torch.Tensor:
-        noise = uniform_noise(inp.seeds, inp.frame_index, codebook, vocab)
-        return sample_topk(logits, inp.temperature, inp.top_k, noise)
+        return sample_topk(logits, inp.temperature, inp.top_k, noise[:, codebook])
 
     code = draw(model.codebook0_logits(inp.hidden), 0)  # [B]
     codes = [code]

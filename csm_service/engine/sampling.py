@@ -23,13 +23,24 @@ def _fmix32(h: torch.Tensor) -> torch.Tensor:
     return h ^ (h >> 16)
 
 
-def uniform_noise(seeds: torch.Tensor, frames: torch.Tensor, codebook: int, vocab_size: int) -> torch.Tensor:
-    """seeds, frames [B] int64 -> uniforms in (0, 1) [B, vocab_size] float32."""
+def frame_noise(seeds: torch.Tensor, frames: torch.Tensor, num_codebooks: int, vocab_size: int) -> torch.Tensor:
+    """seeds, frames [B] int64 -> uniforms in (0, 1) [B, num_codebooks, vocab_size] float32.
+
+    All of a frame's draws in one go: the value for (codebook c, index v) is the same as
+    ``uniform_noise(seeds, frames, c, vocab_size)[:, v]``.
+    """
     seed_lo, seed_hi = seeds & _MASK32, (seeds >> 32) & _MASK32
-    key = _fmix32(seed_lo ^ _fmix32(seed_hi ^ _fmix32((frames * 64 + codebook) & _MASK32)))  # [B]
+    codebooks = torch.arange(num_codebooks, device=seeds.device, dtype=torch.int64)  # [K]
+    counter = (frames.unsqueeze(1) * 64 + codebooks) & _MASK32  # [B, K]
+    key = _fmix32(seed_lo.unsqueeze(1) ^ _fmix32(seed_hi.unsqueeze(1) ^ _fmix32(counter)))  # [B, K]
     index = torch.arange(vocab_size, device=seeds.device, dtype=torch.int64)  # [V]
-    h = _fmix32(key.unsqueeze(1) ^ _fmix32((index + 0x9E3779B9) & _MASK32))  # [B, V]
+    h = _fmix32(key.unsqueeze(2) ^ _fmix32((index + 0x9E3779B9) & _MASK32))  # [B, K, V]
     return (h.to(torch.float64) + 0.5).div(2.0**32).to(torch.float32)
+
+
+def uniform_noise(seeds: torch.Tensor, frames: torch.Tensor, codebook: int, vocab_size: int) -> torch.Tensor:
+    """seeds, frames [B] int64 -> uniforms in (0, 1) [B, vocab_size] float32 for one codebook."""
+    return frame_noise(seeds, frames, codebook + 1, vocab_size)[:, codebook]
 
 
 def sample_topk(

@@ -234,3 +234,22 @@ def test_channel_targets():
     with pytest.raises(ValueError):
         channel_target("nonsense")
     assert codes_to_proto(np.arange(64).reshape(32, 2)) == [i for f in range(2) for i in range(f, 64, 2)]
+
+
+async def test_round_robin_over_two_workers(tmp_path):
+    workers = [start_engine(tmp_path) for _ in range(2)]
+    client = None
+    try:
+        for _, _, metrics_port in workers:
+            await asyncio.to_thread(
+                wait_until, lambda p=metrics_port: metric(p, "csm_engine_ready") == 1.0, 120, "ready"
+            )
+        client = EngineClient(",".join(f"127.0.0.1:{port}" for _, port, _ in workers))
+        await asyncio.gather(*(client.synthesize(request(max_audio_length_ms=160), timeout=60) for _ in range(6)))
+        served = [metric(m, 'csm_engine_requests_total{outcome="max_length"}') for _, _, m in workers]
+        assert sum(served) == 6 and all(n >= 1 for n in served), served
+    finally:
+        if client:
+            await client.close()
+        for proc, _, _ in workers:
+            proc.stop()
