@@ -245,9 +245,30 @@ async def test_round_robin_over_two_workers(tmp_path):
                 wait_until, lambda p=metrics_port: metric(p, "csm_engine_ready") == 1.0, 120, "ready"
             )
         client = EngineClient(",".join(f"127.0.0.1:{port}" for _, port, _ in workers))
+
+        def served() -> list[float]:
+            out = []
+            for _, _, m in workers:
+                try:
+                    out.append(metric(m, 'csm_engine_requests_total{outcome="max_length"}'))
+                except KeyError:  # no request finished there yet
+                    out.append(0.0)
+            return out
+
+        # round_robin spreads calls over the subchannels that are READY; the second may still be
+        # connecting for the first call or two, so send one at a time until both have served.
+        for _ in range(20):
+            await client.synthesize(request(max_audio_length_ms=160), timeout=60)
+            if all(n >= 1 for n in await asyncio.to_thread(served)):
+                break
+        counts = await asyncio.to_thread(served)
+        assert all(n >= 1 for n in counts), counts
         await asyncio.gather(*(client.synthesize(request(max_audio_length_ms=160), timeout=60) for _ in range(6)))
-        served = [metric(m, 'csm_engine_requests_total{outcome="max_length"}') for _, _, m in workers]
-        assert sum(served) == 6 and all(n >= 1 for n in served), served
+        after = await asyncio.to_thread(served)
+        assert sum(after) - sum(counts) == 6 and all(a - c >= 2 for a, c in zip(after, counts, strict=True)), (
+            counts,
+            after,
+        )
     finally:
         if client:
             await client.close()
