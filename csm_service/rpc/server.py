@@ -60,15 +60,29 @@ class TextToSpeechServicer(tts_pb2_grpc.TextToSpeechServicer):
         self.metrics.requests.labels(outcome).inc()
         await context.abort(code, message)
 
-    async def _events(
-        self, request: pb.SynthesizeRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[AudioChunk | Finished]:
-        """Submit to the engine and yield its events; aborts with the right status on failure."""
+    async def _serving_engine(self, context: grpc.aio.ServicerContext) -> Engine:
+        """The engine, or UNAVAILABLE while it loads, warms up or drains."""
         engine = self.engine
         if engine is None or not engine.is_serving:
             await self._abort(
                 context, grpc.StatusCode.UNAVAILABLE, "engine not ready (loading or draining)", "unavailable"
             )
+        return engine
+
+    async def _encoder(self, request: pb.SynthesizeRequest, context: grpc.aio.ServicerContext) -> StreamEncoder:
+        """A fresh per-utterance encoder for the requested format, or INVALID_ARGUMENT."""
+        fmt = ENCODING_FORMATS.get(request.encoding)
+        if fmt is None:
+            await self._abort(
+                context, grpc.StatusCode.INVALID_ARGUMENT, f"encoding: unknown value {request.encoding}", "invalid"
+            )
+        return StreamEncoder(fmt)
+
+    async def _events(
+        self, request: pb.SynthesizeRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[AudioChunk | Finished]:
+        """Submit to the engine and yield its events; aborts with the right status on failure."""
+        engine = await self._serving_engine(context)
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[AudioChunk | Finished] = asyncio.Queue()
         try:
@@ -110,12 +124,8 @@ class TextToSpeechServicer(tts_pb2_grpc.TextToSpeechServicer):
     async def SynthesizeStream(
         self, request: pb.SynthesizeRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.AudioChunk]:
-        fmt = ENCODING_FORMATS.get(request.encoding)
-        if fmt is None:
-            await self._abort(
-                context, grpc.StatusCode.INVALID_ARGUMENT, f"encoding: unknown value {request.encoding}", "invalid"
-            )
-        encoder = StreamEncoder(fmt)
+        encoder = await self._encoder(request, context)
+        fmt = encoder.format
         common = {
             "encoding": request.encoding or pb.PCM16_24KHZ,
             "sample_rate": fmt.sample_rate,
@@ -147,12 +157,8 @@ class TextToSpeechServicer(tts_pb2_grpc.TextToSpeechServicer):
     async def Synthesize(
         self, request: pb.SynthesizeRequest, context: grpc.aio.ServicerContext
     ) -> pb.SynthesizeResponse:
-        fmt = ENCODING_FORMATS.get(request.encoding)
-        if fmt is None:
-            await self._abort(
-                context, grpc.StatusCode.INVALID_ARGUMENT, f"encoding: unknown value {request.encoding}", "invalid"
-            )
-        encoder = StreamEncoder(fmt)
+        encoder = await self._encoder(request, context)
+        fmt = encoder.format
         parts: list[bytes] = []
         async for event in self._events(request, context):
             if isinstance(event, AudioChunk):
@@ -177,9 +183,7 @@ class TextToSpeechServicer(tts_pb2_grpc.TextToSpeechServicer):
     async def EncodePrompt(
         self, request: pb.EncodePromptRequest, context: grpc.aio.ServicerContext
     ) -> pb.EncodePromptResponse:
-        engine = self.engine
-        if engine is None or not engine.is_serving:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "engine not ready (loading or draining)")
+        engine = await self._serving_engine(context)
         problem = None
         if not request.transcript.strip():
             problem = "transcript: must be non-empty"
