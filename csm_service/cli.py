@@ -1,4 +1,4 @@
-"""``csm-service`` command line: say, engine, bench."""
+"""``csm-service`` command line: serve, edge, engine, say, bench."""
 
 from __future__ import annotations
 
@@ -94,6 +94,50 @@ def cmd_engine(args: argparse.Namespace) -> int:
     return asyncio.run(run_engine_worker(cfg))
 
 
+EDGE_OPTS = (
+    "host",
+    "port",
+    "max_text_chars",
+    "max_body_bytes",
+    "max_ws_message_bytes",
+    "max_sessions",
+    "max_inflight_per_session",
+    "request_timeout_s",
+)
+
+
+def _edge_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("HTTP/WebSocket edge")
+    g.add_argument("--host", help="bind address (CSM_HOST, default 0.0.0.0)")
+    g.add_argument("--port", type=int, help="HTTP port (CSM_PORT, default 8000)")
+    g.add_argument("--max-text-chars", type=int, help="per request (CSM_MAX_TEXT_CHARS, default 4000)")
+    g.add_argument("--max-body-bytes", type=int, help="HTTP body (CSM_MAX_BODY_BYTES, default 1 MiB)")
+    g.add_argument("--max-ws-message-bytes", type=int, help="WebSocket message (CSM_MAX_WS_MESSAGE_BYTES, 64 KiB)")
+    g.add_argument("--max-sessions", type=int, help="open WebSocket sessions (CSM_MAX_SESSIONS, default 1000)")
+    g.add_argument(
+        "--max-inflight-per-session", type=int, help="requests per session (CSM_MAX_INFLIGHT_PER_SESSION, default 8)"
+    )
+    g.add_argument("--request-timeout-s", type=float, help="one synthesis (CSM_REQUEST_TIMEOUT_S, default 300)")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from csm_service.serve import run_serve
+
+    cfg = _config(args, (*ENGINE_OPTS, *EDGE_OPTS, "grpc_host", "grpc_port", "drain_timeout_s"))
+    return asyncio.run(run_serve(cfg))
+
+
+def cmd_edge(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from csm_service.edge.app import run_edge  # no torch in this process
+
+    cfg = _config(args, (*EDGE_OPTS, "engine_addresses"))
+    return asyncio.run(run_edge(cfg))
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from csm_service.bench import main as bench_main
 
@@ -104,6 +148,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="csm-service", description=__doc__)
     parser.add_argument("--log-level", default="INFO")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="engine + gRPC + HTTP/WebSocket edge in one process (the default)")
+    serve.add_argument("--grpc-host", help="gRPC bind address (CSM_GRPC_HOST, default 0.0.0.0)")
+    serve.add_argument("--grpc-port", type=int, help="gRPC port, 0 = any free port (CSM_GRPC_PORT, default 50051)")
+    serve.add_argument("--drain-timeout-s", type=float, help="SIGTERM drain deadline (CSM_DRAIN_TIMEOUT_S)")
+    _edge_flags(serve)
+    _engine_flags(serve)
+    serve.set_defaults(func=cmd_serve)
+
+    edge = sub.add_parser("edge", help="the HTTP/WebSocket edge alone, in front of gRPC engine workers")
+    edge.add_argument(
+        "--engine", dest="engine_addresses", help="host:port[,host:port...] of the engine workers (CSM_ENGINE)"
+    )
+    _edge_flags(edge)
+    edge.set_defaults(func=cmd_edge)
 
     say = sub.add_parser("say", help="synthesise text to a WAV file")
     say.add_argument("text")

@@ -107,6 +107,13 @@ class ServiceConfig:
     api_keys: tuple[str, ...] = ()
     log_level: str = "INFO"
     drain_timeout_s: float = 30.0  # SIGTERM: how long running utterances may take to finish
+    # Edge bounds: every one answers with a clear error, never by dropping the session.
+    max_text_chars: int = 4000  # per synthesize request
+    max_body_bytes: int = 1 << 20  # HTTP request body
+    max_ws_message_bytes: int = 64 << 10  # one WebSocket message (larger: an error reply)
+    max_sessions: int = 1000  # open WebSocket sessions per edge process
+    max_inflight_per_session: int = 8  # synthesize requests queued or running on one session
+    request_timeout_s: float = 300.0  # gRPC deadline of one synthesis
 
 
 _ENV_PREFIX = "CSM_"
@@ -128,6 +135,8 @@ def env_overrides(defaults: object, environ: dict[str, str] | None = None) -> di
     """``CSM_<FIELD>`` values for the fields of a config dataclass, coerced to the field's type."""
     environ = dict(os.environ) if environ is None else environ
     out: dict[str, object] = {}
+    if "CSM_ENGINE" in environ and "engine_addresses" in {f.name for f in dataclasses.fields(defaults)}:  # type: ignore[arg-type]
+        out["engine_addresses"] = _coerce(environ["CSM_ENGINE"], ())
     for f in dataclasses.fields(defaults):  # type: ignore[arg-type]
         key = _ENV_PREFIX + f.name.upper()
         if key in environ and not dataclasses.is_dataclass(getattr(defaults, f.name)):

@@ -1,17 +1,44 @@
 """Prometheus metrics: one ``csm_`` prefix, base units, ``_total`` counters, no per-call labels.
 
-Engine-side metrics are observed by the gRPC servicer; edge metrics by the HTTP edge. Both live
-in one registry per process so ``csm-service serve`` exposes everything on one ``/metrics``.
+Engine-side metrics are observed by the gRPC servicer and read from the engine's own counters;
+edge metrics by the HTTP edge. Both live in one registry per process, so ``csm-service serve``
+exposes everything on one ``/metrics``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0)
 RTF_BUCKETS = (0.02, 0.05, 0.0625, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 5.0, 10.0, 50.0)
+
+# name -> (help, reader of the engine's stats object)
+ENGINE_COUNTERS: dict[str, tuple[str, Callable[[object], float]]] = {
+    "csm_engine_frames_generated": ("80 ms frames generated", lambda s: s.frames_generated),
+    "csm_engine_steps": ("Batched frame steps run", lambda s: s.steps),
+    "csm_engine_cancelled_running": ("Running utterances freed by a cancel", lambda s: s.cancelled_running),
+    "csm_engine_frames_after_cancel": (
+        "Frames generated after a cancel reached the engine (at most one per cancel)",
+        lambda s: s.frames_after_cancel,
+    ),
+}
+
+
+class _EngineStatsCollector(Collector):
+    """Counters read live from the engine thread's stats (frames count as they are generated)."""
+
+    def __init__(self) -> None:
+        self.stats: object | None = None
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        for name, (doc, read) in ENGINE_COUNTERS.items():
+            family = CounterMetricFamily(name, doc)
+            family.add_metric([], float(read(self.stats)) if self.stats is not None else 0.0)
+            yield family
 
 
 class EngineMetrics:
@@ -19,7 +46,6 @@ class EngineMetrics:
         self.requests = Counter(
             "csm_engine_requests_total", "Engine requests by outcome", ["outcome"], registry=registry
         )
-        self.frames = Counter("csm_engine_frames_generated_total", "80 ms frames generated", registry=registry)
         self.audio_seconds = Counter("csm_engine_audio_seconds_total", "Seconds of audio generated", registry=registry)
         self.ttfa = Histogram(
             "csm_engine_time_to_first_audio_seconds",
@@ -33,8 +59,47 @@ class EngineMetrics:
         self.queue_depth = Gauge("csm_engine_queue_depth", "Requests waiting for a slot", registry=registry)
         self.active = Gauge("csm_engine_active_streams", "Utterances being generated", registry=registry)
         self.ready = Gauge("csm_engine_ready", "1 when the engine serves", registry=registry)
+        self._stats = _EngineStatsCollector()
+        registry.register(self._stats)
 
-    def bind(self, queue_depth: Callable[[], float], active: Callable[[], float], ready: Callable[[], float]) -> None:
+    def bind(
+        self,
+        queue_depth: Callable[[], float],
+        active: Callable[[], float],
+        ready: Callable[[], float],
+        stats: object | None = None,
+    ) -> None:
         self.queue_depth.set_function(queue_depth)
         self.active.set_function(active)
         self.ready.set_function(ready)
+        self._stats.stats = stats
+
+
+class EdgeMetrics:
+    """The HTTP/WebSocket edge: requests by endpoint and outcome, latency as clients see it."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            "csm_edge_requests_total",
+            "Edge requests by endpoint and outcome",
+            ["endpoint", "outcome"],
+            registry=registry,
+        )
+        self.ttfa = Histogram(
+            "csm_edge_time_to_first_audio_seconds",
+            "Request received -> first audio sent to the client",
+            ["endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.rtf = Histogram(
+            "csm_edge_real_time_factor",
+            "Generation time / audio duration, as the edge saw it",
+            ["endpoint"],
+            buckets=RTF_BUCKETS,
+            registry=registry,
+        )
+        self.sessions = Gauge("csm_edge_websocket_sessions_active", "Open WebSocket sessions", registry=registry)
+        self.ws_messages = Counter(
+            "csm_edge_websocket_messages_total", "WebSocket messages received by type", ["type"], registry=registry
+        )

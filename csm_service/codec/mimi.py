@@ -51,14 +51,53 @@ def resolve_mimi_weights(explicit: str | None, model_dir: Path | None = None) ->
             ) from exc
 
 
+def tiny_mimi_config() -> dict:
+    """Mimi's framing (24 kHz, 12.5 Hz, 32 codebooks of 2048) at a test size: ~50x less compute.
+
+    Only for random weights (``tiny-random``), so CPU tests run the whole pipeline quickly.
+    """
+    from moshi.models import loaders
+
+    cfg = copy.deepcopy(loaders._mimi_config)
+    dim = 64
+    cfg["seanet"].update(dimension=dim, n_filters=8)
+    cfg["quantizer"].update(dimension=32, input_dimension=dim, output_dimension=dim)
+    cfg["transformer"].update(
+        d_model=dim, num_heads=4, num_layers=1, dim_feedforward=128, input_dimension=dim, output_dimensions=[dim]
+    )
+    return cfg
+
+
+def _randomize_codebooks(mimi: torch.nn.Module) -> None:
+    """Give an untrained Mimi random codebooks: moshi starts them at zero (filled by k-means in
+    training), and with all-zero codebooks every code decodes to the same audio."""
+    from moshi.quantization.core_vq import EuclideanCodebook
+
+    for module in mimi.modules():
+        if isinstance(module, EuclideanCodebook):
+            module.embedding_sum.normal_(0.0, 10.0)  # large enough that codes audibly differ
+            module.cluster_usage.fill_(1.0)
+            module._initialized.fill_(1.0)
+            module._embedding = None  # recomputed from embedding_sum on first use
+
+
 class MimiCodec:
-    def __init__(self, weights: Path | None, device: torch.device, seed: int = 0) -> None:
+    def __init__(self, weights: Path | None, device: torch.device, seed: int = 0, tiny: bool = False) -> None:
         from moshi.models import loaders
 
         if weights is None:
-            log.warning("Mimi: random weights (tiny-random); decoded audio is noise")
+            log.warning("Mimi: random weights (%s); decoded audio is noise", "tiny" if tiny else "full size")
             torch.manual_seed(seed)
-        self.mimi = loaders.get_mimi(str(weights) if weights else None, device=device, num_codebooks=NUM_CODEBOOKS)
+        elif tiny:
+            raise ValueError("the tiny Mimi has no trained weights; tiny=True needs weights=None")
+        self.mimi = loaders.get_mimi(
+            str(weights) if weights else None,
+            tiny_mimi_config() if tiny else None,
+            device=device,
+            num_codebooks=NUM_CODEBOOKS,
+        )
+        if weights is None:
+            _randomize_codebooks(self.mimi)
         self.mimi.eval()
         # Streaming mode holds state in every Mimi module, encoder included; prompts are encoded by
         # a copy of the model that never streams, under its own lock, from any thread.

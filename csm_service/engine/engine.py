@@ -20,6 +20,7 @@ import soxr
 import torch
 
 from csm_service.config import FRAME_MS, SAMPLE_RATE, EngineConfig
+from csm_service.engine.device_info import device_info
 from csm_service.engine.prompt import build_prompt, check_room
 from csm_service.engine.request import (
     AudioChunk,
@@ -52,6 +53,7 @@ class RequestHandle:
         self.seed = seed
         self.submitted_at = time.perf_counter()
         self.cancelled = threading.Event()
+        self.frames_at_cancel = 0  # frames it had when cancel() was called (running requests)
         self._engine: Engine | None = None
 
     def cancel(self) -> None:
@@ -78,6 +80,8 @@ class EngineStats:
     frames_generated: int = 0
     steps: int = 0
     finished: dict[str, int] = field(default_factory=dict)
+    cancelled_running: int = 0  # running requests freed by a cancel
+    frames_after_cancel: int = 0  # frames those generated after their cancel arrived (<= 1 each)
 
 
 class Engine:
@@ -162,11 +166,26 @@ class Engine:
         if self._thread is not None:
             self._thread.join(timeout)
 
+    def describe(self) -> dict[str, object]:
+        """What this engine runs, for health reports."""
+        return {
+            "state": self.state,
+            "model": self.cfg.model,
+            **device_info(self.runner.device),
+            "dtype": str(self.runner.dtype).removeprefix("torch."),
+            "max_batch": self.cfg.max_batch,
+            "active_streams": self.num_active,
+            "queue_depth": self.queue_depth,
+        }
+
     def _on_cancel(self, handle: RequestHandle) -> None:
         """A waiting request leaves the queue at once; a running one is freed at the next frame."""
         with self._cond:
             if self.scheduler.remove_waiting(handle):
                 self._finish_unstarted(handle, "cancelled")
+            for state in self.slots.values():
+                if state.handle is handle:
+                    handle.frames_at_cancel = len(state.frames)
             self._cond.notify()
 
     # -- the loop (engine thread) ---------------------------------------------------------------
@@ -274,6 +293,9 @@ class Engine:
         state = self.slots.pop(slot)
         self.runner.release(slot)
         self.scheduler.release(slot)
+        if reason == "cancelled" and state.handle.cancelled.is_set():
+            self.stats.cancelled_running += 1
+            self.stats.frames_after_cancel += len(state.frames) - state.handle.frames_at_cancel
         if reason in ("eos", "max_length"):
             self._emit_chunk(state, time.perf_counter())
         timings = state.timings

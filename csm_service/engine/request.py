@@ -53,7 +53,8 @@ class SynthesisRequest:
 
     @property
     def max_frames(self) -> int:
-        return math.ceil(self.max_audio_length_ms / FRAME_MS)
+        """Whole 80 ms frames that fit: the audio never exceeds max_audio_length_ms."""
+        return max(1, self.max_audio_length_ms // FRAME_MS)
 
 
 def _check_speaker(name: str, speaker: object) -> None:

@@ -35,6 +35,7 @@ class ModelRunner:
         self.cfg = model.cfg
         self.max_batch = max_batch
         self.device = device
+        self.dtype = dtype
         dim = self.cfg.backbone.dim
         self.hidden = torch.zeros(max_batch, dim, device=device, dtype=dtype)  # [N, D]
         self.positions = torch.zeros(max_batch, device=device, dtype=torch.int64)  # [N]

@@ -14,3 +14,4 @@ ENCODING_FORMATS: dict[int, OutputFormat] = {
 }
 FINISH_REASONS = {"eos": pb.END_OF_SPEECH, "max_length": pb.MAX_LENGTH}
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["TextToSpeech"].full_name  # "csm.v1.TextToSpeech"
+FINISH_REASON_NAMES = {pb.END_OF_SPEECH: "end_of_speech", pb.MAX_LENGTH: "max_length"}

@@ -17,6 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from csm_service import __version__
 from csm_service.audio.encoder import StreamEncoder
 from csm_service.engine.engine import Engine
 from csm_service.engine.request import (
@@ -50,9 +51,13 @@ def _timings(finished: Finished) -> pb.Timings:
 
 
 class TextToSpeechServicer(tts_pb2_grpc.TextToSpeechServicer):
-    def __init__(self, metrics: EngineMetrics) -> None:
+    def __init__(self, metrics: EngineMetrics, model: str = "") -> None:
         self.engine: Engine | None = None  # set once loaded and warmed
         self.metrics = metrics
+        self.model = model
+
+    async def GetInfo(self, request: pb.GetInfoRequest, context: grpc.aio.ServicerContext) -> pb.EngineInfo:
+        return _engine_info(self.engine, self.model)
 
     async def _abort(
         self, context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str, outcome: str
@@ -108,7 +113,6 @@ class TextToSpeechServicer(tts_pb2_grpc.TextToSpeechServicer):
                         context, grpc.StatusCode.UNAVAILABLE, event.error or "engine stopped", "unavailable"
                     )
                 self.metrics.requests.labels(event.reason).inc()
-                self.metrics.frames.inc(event.num_frames)
                 self.metrics.audio_seconds.inc(event.timings.audio_s)
                 if event.num_frames:
                     self.metrics.ttfa.observe(event.timings.first_audio_s)
@@ -210,11 +214,18 @@ class TextToSpeechServicer(tts_pb2_grpc.TextToSpeechServicer):
         )
 
 
+def _engine_info(engine: Engine | None, model: str) -> pb.EngineInfo:
+    if engine is None:
+        return pb.EngineInfo(ready=False, state="loading", model=model, version=__version__)
+    info = engine.describe()
+    return pb.EngineInfo(ready=engine.is_serving, version=__version__, **info)
+
+
 class EngineServer:
     """The grpc.aio server around one engine, with health and reflection."""
 
-    def __init__(self, metrics: EngineMetrics, address: str) -> None:
-        self.servicer = TextToSpeechServicer(metrics)
+    def __init__(self, metrics: EngineMetrics, address: str, model: str = "") -> None:
+        self.servicer = TextToSpeechServicer(metrics, model)
         self.health = HealthServicer()
         self.server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         tts_pb2_grpc.add_TextToSpeechServicer_to_server(self.servicer, self.server)
@@ -239,7 +250,9 @@ class EngineServer:
     async def attach(self, engine: Engine) -> None:
         """The engine is loaded and warm: serve."""
         self.servicer.engine = engine
-        self.metrics.bind(lambda: engine.queue_depth, lambda: engine.num_active, lambda: float(engine.is_serving))
+        self.metrics.bind(
+            lambda: engine.queue_depth, lambda: engine.num_active, lambda: float(engine.is_serving), engine.stats
+        )
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info("gRPC engine serving on port %d", self.port)
 

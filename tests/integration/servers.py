@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -89,3 +90,42 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.05):
             last_exc = exc
         time.sleep(interval)
     raise TimeoutError(f"timed out waiting for {what} ({last_exc!r})")
+
+
+def start_serve(tmp: Path, *extra: str) -> tuple[Process, int]:
+    """``csm-service serve --model tiny-random`` on loopback; returns the process and its HTTP port."""
+    port = free_port()
+    proc = Process(
+        [
+            "serve",
+            "--model",
+            "tiny-random",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--grpc-host",
+            "127.0.0.1",
+            "--grpc-port",
+            "0",
+            *extra,
+        ],
+        tmp / f"serve-{port}.log",
+    )
+    return proc, port
+
+
+def start_edge(tmp: Path, engines: str, *extra: str) -> tuple[Process, int]:
+    """``csm-service edge --engine ...`` on loopback; returns the process and its HTTP port."""
+    port = free_port()
+    proc = Process(
+        ["edge", "--engine", engines, "--host", "127.0.0.1", "--port", str(port), *extra], tmp / f"edge-{port}.log"
+    )
+    return proc, port
+
+
+def http_status(port: int, path: str) -> int:
+    try:
+        return urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5).status
+    except urllib.error.HTTPError as exc:
+        return exc.code

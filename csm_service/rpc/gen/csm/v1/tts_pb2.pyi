@@ -152,3 +152,35 @@ class EncodePromptResponse(_message.Message):
     transcript: str
     duration_ms: float
     def __init__(self, codes: _Optional[_Iterable[int]] = ..., num_frames: _Optional[int] = ..., speaker: _Optional[int] = ..., transcript: _Optional[str] = ..., duration_ms: _Optional[float] = ...) -> None: ...
+
+class GetInfoRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class EngineInfo(_message.Message):
+    __slots__ = ("ready", "state", "model", "device", "device_name", "dtype", "memory_total_bytes", "memory_allocated_bytes", "max_batch", "active_streams", "queue_depth", "version")
+    READY_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_NAME_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_ALLOCATED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCH_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_STREAMS_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_DEPTH_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    ready: bool
+    state: str
+    model: str
+    device: str
+    device_name: str
+    dtype: str
+    memory_total_bytes: int
+    memory_allocated_bytes: int
+    max_batch: int
+    active_streams: int
+    queue_depth: int
+    version: str
+    def __init__(self, ready: _Optional[bool] = ..., state: _Optional[str] = ..., model: _Optional[str] = ..., device: _Optional[str] = ..., device_name: _Optional[str] = ..., dtype: _Optional[str] = ..., memory_total_bytes: _Optional[int] = ..., memory_allocated_bytes: _Optional[int] = ..., max_batch: _Optional[int] = ..., active_streams: _Optional[int] = ..., queue_depth: _Optional[int] = ..., version: _Optional[str] = ...) -> None: ...

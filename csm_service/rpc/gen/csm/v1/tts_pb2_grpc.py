@@ -49,6 +49,11 @@ class TextToSpeechStub:
                 request_serializer=csm_dot_v1_dot_tts__pb2.EncodePromptRequest.SerializeToString,
                 response_deserializer=csm_dot_v1_dot_tts__pb2.EncodePromptResponse.FromString,
                 _registered_method=True)
+        self.GetInfo = channel.unary_unary(
+                '/csm.v1.TextToSpeech/GetInfo',
+                request_serializer=csm_dot_v1_dot_tts__pb2.GetInfoRequest.SerializeToString,
+                response_deserializer=csm_dot_v1_dot_tts__pb2.EngineInfo.FromString,
+                _registered_method=True)
 
 
 class TextToSpeechServicer:
@@ -76,6 +81,13 @@ class TextToSpeechServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetInfo(self, request, context):
+        """What this worker runs and whether it serves (the HTTP edge's /health reports it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TextToSpeechServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -93,6 +105,11 @@ def add_TextToSpeechServicer_to_server(servicer, server):
                     servicer.EncodePrompt,
                     request_deserializer=csm_dot_v1_dot_tts__pb2.EncodePromptRequest.FromString,
                     response_serializer=csm_dot_v1_dot_tts__pb2.EncodePromptResponse.SerializeToString,
+            ),
+            'GetInfo': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetInfo,
+                    request_deserializer=csm_dot_v1_dot_tts__pb2.GetInfoRequest.FromString,
+                    response_serializer=csm_dot_v1_dot_tts__pb2.EngineInfo.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -176,6 +193,33 @@ class TextToSpeech:
             '/csm.v1.TextToSpeech/EncodePrompt',
             csm_dot_v1_dot_tts__pb2.EncodePromptRequest.SerializeToString,
             csm_dot_v1_dot_tts__pb2.EncodePromptResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetInfo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/csm.v1.TextToSpeech/GetInfo',
+            csm_dot_v1_dot_tts__pb2.GetInfoRequest.SerializeToString,
+            csm_dot_v1_dot_tts__pb2.EngineInfo.FromString,
             options,
             channel_credentials,
             insecure,

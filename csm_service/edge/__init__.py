@@ -1,0 +1,1 @@
+"""The aiohttp edge: HTTP routes, WebSocket sessions, OpenAPI. Talks to engines over gRPC only."""

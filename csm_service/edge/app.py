@@ -1,0 +1,131 @@
+"""The aiohttp application and its server: routes, JSON errors for everything, start and stop.
+
+``csm-service edge --engine host:port[,...]`` runs :func:`run_edge`; ``csm-service serve`` builds the
+same app beside an in-process engine. This package never imports torch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from csm_service.config import ServiceConfig
+from csm_service.edge import http_api, openapi
+from csm_service.edge.backend import Backend
+from csm_service.edge.errors import TOO_MANY_SESSIONS, ApiError
+from csm_service.edge.state import STATE, EdgeState
+from csm_service.edge.ws_session import WsSession
+from csm_service.metrics import EdgeMetrics
+from csm_service.rpc.client import EngineClient
+
+log = logging.getLogger(__name__)
+
+MAX_SESSION_ID_CHARS = 256
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error is JSON: aiohttp's own (404, 405, 413) and anything unexpected (500)."""
+    try:
+        return await handler(request)
+    except ApiError as err:
+        return http_api.error_response(err)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return web.json_response(
+            {"error": exc.reason, "detail": f"{request.method} {request.path}: {exc.reason}"}, status=exc.status
+        )
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("%s %s failed", request.method, request.path)
+        return web.json_response({"error": "Internal Server Error", "detail": "unexpected server error"}, status=500)
+
+
+async def websocket(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    session_id = request.match_info["session_id"]
+    if len(session_id) > MAX_SESSION_ID_CHARS:
+        raise ApiError(400, "Invalid session id", f"session_id: at most {MAX_SESSION_ID_CHARS} characters")
+    ws = web.WebSocketResponse(max_msg_size=max(4 << 20, 16 * state.cfg.max_ws_message_bytes))
+    if not ws.can_prepare(request).ok:
+        raise ApiError(400, "Expected a WebSocket upgrade", "connect with a WebSocket client (ws:// or wss://)")
+    if len(state.sessions) >= state.cfg.max_sessions:
+        state.metrics.requests.labels("websocket", "rejected").inc()
+        raise ApiError(503, TOO_MANY_SESSIONS, f"at most {state.cfg.max_sessions} sessions", retry_after_s=1)
+    await ws.prepare(request)
+    session = WsSession(ws, session_id, state)
+    state.sessions.add(session)
+    state.metrics.sessions.inc()
+    try:
+        await session.run()
+    finally:
+        state.sessions.discard(session)
+        state.metrics.sessions.dec()
+    return ws
+
+
+def build_app(
+    cfg: ServiceConfig,
+    client: EngineClient,
+    registry: CollectorRegistry,
+    metrics: EdgeMetrics | None = None,
+    device_hint: str = "unknown",
+) -> web.Application:
+    app = web.Application(client_max_size=cfg.max_body_bytes, middlewares=[json_errors])
+    backend = Backend(client, cfg.request_timeout_s, device_hint)
+    app[STATE] = EdgeState(cfg, backend, registry, metrics or EdgeMetrics(registry))
+    app.router.add_get("/health", http_api.health)
+    app.router.add_post("/synthesize", http_api.synthesize)
+    app.router.add_get("/metrics", http_api.metrics)
+    app.router.add_get("/openapi.json", openapi.openapi_json)
+    app.router.add_get("/docs", openapi.docs)
+    app.router.add_get("/v1/native/ws/{session_id}", websocket)
+    return app
+
+
+class EdgeServer:
+    """The app on a TCP port; handler cancellation on, so a client that hangs up cancels its work."""
+
+    def __init__(self, app: web.Application, host: str, port: int) -> None:
+        self.app = app
+        self.host, self.port = host, port
+        self.runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+
+    async def start(self) -> None:
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, self.host, self.port)
+        await site.start()
+        log.info("edge listening on http://%s:%d", self.host, self.port)
+
+    async def stop(self) -> None:
+        for session in list(self.app[STATE].sessions):
+            await session.ws.close(code=1001, message=b"server shutting down")
+        await self.runner.cleanup()
+
+
+async def run_edge(cfg: ServiceConfig) -> int:
+    """The edge alone, against the engine workers in ``cfg.engine_addresses``."""
+    if not cfg.engine_addresses:
+        log.error("no engine workers: pass --engine host:port[,host:port...] or set CSM_ENGINE")
+        return 2
+    client = EngineClient(list(cfg.engine_addresses))
+    registry = CollectorRegistry()
+    server = EdgeServer(build_app(cfg, client, registry), cfg.host, cfg.port)
+    await server.start()
+    log.info("edge -> engines %s", client.target)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.stop()
+    await client.close()
+    return 0

@@ -1,0 +1,55 @@
+"""The edge's view of its engine workers: readiness, info, and synthesis calls with error mapping."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import grpc
+
+from csm_service.edge.errors import from_rpc_error
+from csm_service.rpc.client import EngineClient
+from csm_service.rpc.gen.csm.v1 import tts_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+INFO_TIMEOUT_S = 1.0
+
+
+class Backend:
+    def __init__(self, client: EngineClient, request_timeout_s: float, device_hint: str = "unknown") -> None:
+        self.client = client
+        self.request_timeout_s = request_timeout_s
+        self.device_hint = device_hint  # what /health says before any worker has answered
+        self.has_been_ready = False
+        self.last_info: pb.EngineInfo | None = None
+        self.last_info_at = 0.0
+
+    async def info(self) -> pb.EngineInfo | None:
+        """One serving worker's info, or None when no worker serves (loading, draining, down)."""
+        try:
+            info = await self.client.stub.GetInfo(
+                pb.GetInfoRequest(), timeout=INFO_TIMEOUT_S, metadata=self.client.metadata
+            )
+        except grpc.aio.AioRpcError as exc:
+            log.debug("GetInfo failed: %s", exc.code())
+            return None
+        self.last_info, self.last_info_at = info, time.monotonic()
+        if info.ready:
+            self.has_been_ready = True
+        return info if info.ready else None
+
+    @property
+    def device(self) -> str:
+        return self.last_info.device if self.last_info is not None and self.last_info.device else self.device_hint
+
+    async def synthesize(self, request: pb.SynthesizeRequest) -> pb.SynthesizeResponse:
+        """The whole utterance; raises ApiError."""
+        try:
+            return await self.client.synthesize(request, timeout=self.request_timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            raise from_rpc_error(exc) from None
+
+    def stream(self, request: pb.SynthesizeRequest) -> grpc.aio.UnaryStreamCall:
+        """The streaming call (``async for``; ``cancel()`` frees the engine slot)."""
+        return self.client.synthesize_stream(request, timeout=self.request_timeout_s)

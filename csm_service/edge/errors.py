@@ -1,0 +1,91 @@
+"""Errors the edge answers with: one HTTP status and one stable message (the seed's texts).
+
+HTTP bodies are ``{"error": <status title>, "detail": ..., "field"?}``; WebSocket replies are
+``{"type": "error", "error": <message>, "detail"?, "field"?, "request_id"?}``.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+# The seed contract's texts: clients match on these.
+MODEL_NOT_LOADED = "Model not loaded"
+INVALID_MESSAGE_FORMAT = "Invalid message format"
+EMPTY_TEXT = "Empty text"
+# Ours, for what the seed does not name.
+OVERLOADED = "Overloaded"
+SYNTHESIS_FAILED = "Synthesis failed"
+TIMED_OUT = "Timed out"
+MESSAGE_TOO_LARGE = "Message too large"
+TEXT_TOO_LONG = "Text too long"
+UNKNOWN_VOICE = "Unknown voice profile"
+UNKNOWN_TYPE = "Unknown message type"
+TOO_MANY_IN_FLIGHT = "Too many requests in flight"
+TOO_MANY_SESSIONS = "Too many sessions"
+
+# The seed's "Error" column for each HTTP status.
+HTTP_TITLES = {
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    413: "Payload Too Large",
+    422: "Validation Error",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+}
+
+# Outcome label (Prometheus) per HTTP status.
+OUTCOMES = {400: "bad_request", 413: "too_large", 422: "invalid", 500: "error", 503: "unavailable", 504: "timeout"}
+
+
+class ApiError(Exception):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        detail: str | None = None,
+        field: str | None = None,
+        retry_after_s: int | None = None,
+        outcome: str | None = None,
+    ) -> None:
+        super().__init__(f"{message}: {detail}" if detail else message)
+        self.status = status
+        self.message = message
+        self.detail = detail
+        self.field = field
+        self.retry_after_s = retry_after_s
+        self.outcome = outcome or OUTCOMES.get(status, "error")
+
+    def http_body(self) -> dict[str, object]:
+        body: dict[str, object] = {"error": HTTP_TITLES.get(self.status, "Error"), "detail": str(self)}
+        if self.field:
+            body["field"] = self.field
+        return body
+
+    def ws_message(self, request_id: str | None = None) -> dict[str, object]:
+        msg: dict[str, object] = {"type": "error", "error": self.message}
+        if self.detail:
+            msg["detail"] = self.detail
+        if self.field:
+            msg["field"] = self.field
+        if request_id is not None:
+            msg["request_id"] = request_id
+        return msg
+
+
+def from_rpc_error(exc: grpc.aio.AioRpcError) -> ApiError:
+    """A failed engine call -> the error the client sees."""
+    code, details = exc.code(), exc.details() or ""
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        field = details.split(":", 1)[0] if ":" in details else None
+        if field == "text" and "non-empty" in details:
+            return ApiError(422, EMPTY_TEXT, details, field)
+        return ApiError(422, INVALID_MESSAGE_FORMAT, details, field)
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return ApiError(503, OVERLOADED, details, retry_after_s=1, outcome="overloaded")
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return ApiError(503, MODEL_NOT_LOADED, details or "no engine worker is serving")
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return ApiError(504, TIMED_OUT, "the synthesis took longer than the request timeout")
+    return ApiError(500, SYNTHESIS_FAILED, details or code.name)

@@ -1,0 +1,229 @@
+"""``GET /openapi.json`` (OpenAPI 3.1) and ``GET /docs``, a page rendered from it (no CDN, no JS)."""
+
+from __future__ import annotations
+
+import html
+import json
+
+from aiohttp import web
+
+from csm_service import __version__
+from csm_service.edge.params import DEFAULT_MAX_AUDIO_MS, HTTP_FORMATS
+
+ERROR = {"$ref": "#/components/schemas/Error"}
+
+
+def _json(schema: dict) -> dict:
+    return {"content": {"application/json": {"schema": schema}}}
+
+
+def _error(description: str) -> dict:
+    return {"description": description, **_json(ERROR)}
+
+
+SCHEMAS: dict[str, dict] = {
+    "Health": {
+        "type": "object",
+        "required": ["status", "model_loaded", "device"],
+        "properties": {
+            "status": {"type": "string", "enum": ["healthy", "loading", "unavailable"]},
+            "model_loaded": {"type": "boolean"},
+            "device": {"type": "string", "examples": ["cuda", "cpu"]},
+            "version": {"type": "string"},
+            "websocket_sessions": {"type": "integer"},
+            "model": {"type": "string"},
+            "device_name": {"type": "string"},
+            "dtype": {"type": "string"},
+            "gpu_memory_total_bytes": {"type": "integer"},
+            "gpu_memory_allocated_bytes": {"type": "integer"},
+            "engine": {
+                "type": "object",
+                "properties": {
+                    "max_batch": {"type": "integer"},
+                    "active_streams": {"type": "integer"},
+                    "queue_depth": {"type": "integer"},
+                },
+            },
+        },
+    },
+    "SynthesizeRequest": {
+        "type": "object",
+        "required": ["text"],
+        "properties": {
+            "text": {"type": "string", "minLength": 1, "description": "Text to synthesize"},
+            "speaker": {"type": "integer", "default": 0, "minimum": 0, "description": "Speaker ID (0-based)"},
+            "max_audio_length_ms": {
+                "type": "integer",
+                "default": DEFAULT_MAX_AUDIO_MS,
+                "minimum": 80,
+                "maximum": 163840,
+                "description": "Max audio length in ms",
+            },
+            "output_format": {
+                "type": "string",
+                "default": "wav",
+                "enum": sorted(HTTP_FORMATS),
+                "description": '"wav" (24 kHz WAV file) or "mulaw" (raw G.711 mu-law, 8 kHz); raw extensions',
+            },
+            "voice_profile_id": {"type": "string", "default": "default"},
+            "temperature": {"type": "number", "exclusiveMinimum": 0, "maximum": 5, "default": 0.9},
+            "top_k": {"type": "integer", "minimum": 1, "maximum": 2051, "default": 50},
+            "seed": {"type": "integer", "minimum": 0, "description": "same seed and inputs, same audio"},
+            "request_id": {"type": "string", "maxLength": 128, "description": "echoed back"},
+        },
+    },
+    "SynthesizeResponse": {
+        "type": "object",
+        "required": ["audio_base64", "sample_rate", "duration_ms", "generation_time_ms", "format"],
+        "properties": {
+            "audio_base64": {"type": "string", "description": "Base64-encoded audio"},
+            "sample_rate": {"type": "integer", "description": "24000 for wav, 8000 for mulaw"},
+            "duration_ms": {"type": "integer"},
+            "generation_time_ms": {"type": "integer"},
+            "format": {"type": "string", "examples": ["wav", "mulaw_8khz"]},
+            "seed": {"type": "integer"},
+            "finish_reason": {"type": "string", "enum": ["end_of_speech", "max_length"]},
+            "request_id": {"type": "string"},
+        },
+    },
+    "Error": {
+        "type": "object",
+        "required": ["error", "detail"],
+        "properties": {"error": {"type": "string"}, "detail": {"type": "string"}, "field": {"type": "string"}},
+    },
+}
+
+WEBSOCKET_DOC = """Real-time synthesis. Client messages (JSON text frames):
+`{"type": "synthesize", "text", "voice_profile_id"?, "stream"?, "request_id"?, "speaker"?,
+"max_audio_length_ms"?, "temperature"?, "top_k"?, "seed"?}`, `{"type": "ping"}`, `{"type": "close"}`,
+`{"type": "cancel", "request_id"?}`.
+Server messages: `{"type": "audio", "audio_base64", "duration_ms", "generation_time_ms", "format": "mulaw_8khz"}`
+(with `"stream": true`: one per chunk, plus `request_id`, `chunk_index`, `final`; then
+`{"type": "done", "request_id", "chunks", "duration_ms", "time_to_first_audio_ms", "generation_time_ms",
+"real_time_factor", "finish_reason", "seed"}`), `{"type": "pong"}`, `{"type": "cancelled", "request_id",
+"request_ids"}`, `{"type": "error", "error", "detail"?}` with errors "Model not loaded",
+"Invalid message format", "Empty text", "Text too long", "Message too large", "Unknown message type",
+"Too many requests in flight", "Overloaded", "Synthesis failed". Replies to synthesize requests come in
+the order the requests were sent. Audio is G.711 mu-law, 8000 Hz, mono, no header (Twilio-ready)."""
+
+
+def build_spec() -> dict:
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "CSM Voice API",
+            "version": __version__,
+            "description": "Telephony text-to-speech with Sesame CSM-1B: WAV 24 kHz or G.711 mu-law 8 kHz.",
+        },
+        "paths": {
+            "/health": {
+                "get": {
+                    "summary": "Health check",
+                    "operationId": "health",
+                    "responses": {
+                        "200": {"description": "Service is healthy", **_json({"$ref": "#/components/schemas/Health"})},
+                        "503": {"description": "Model not loaded", **_json({"$ref": "#/components/schemas/Health"})},
+                    },
+                }
+            },
+            "/synthesize": {
+                "post": {
+                    "summary": "Synthesize speech from text",
+                    "operationId": "synthesize",
+                    "requestBody": {"required": True, **_json({"$ref": "#/components/schemas/SynthesizeRequest"})},
+                    "responses": {
+                        "200": {
+                            "description": "The whole utterance",
+                            **_json({"$ref": "#/components/schemas/SynthesizeResponse"}),
+                        },
+                        "400": _error("Invalid JSON or missing required fields"),
+                        "413": _error("Request body too large"),
+                        "422": _error("Field validation failed"),
+                        "500": _error("Synthesis failed"),
+                        "503": _error("Model not loaded, or overloaded (Retry-After)"),
+                        "504": _error("Synthesis took longer than the request timeout"),
+                    },
+                }
+            },
+            "/v1/native/ws/{session_id}": {
+                "get": {
+                    "summary": "WebSocket: real-time synthesis (G.711 mu-law 8 kHz)",
+                    "operationId": "native_websocket",
+                    "description": WEBSOCKET_DOC,
+                    "parameters": [
+                        {
+                            "name": "session_id",
+                            "in": "path",
+                            "required": True,
+                            "description": "Unique session identifier (use call SID or UUID)",
+                            "schema": {"type": "string", "maxLength": 256},
+                        }
+                    ],
+                    "responses": {
+                        "101": {"description": "Switching protocols to WebSocket"},
+                        "400": _error("Not a WebSocket upgrade request, or a bad session id"),
+                        "503": _error("Too many sessions"),
+                    },
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics",
+                    "operationId": "metrics",
+                    "responses": {"200": {"description": "Prometheus text format", "content": {"text/plain": {}}}},
+                }
+            },
+        },
+        "components": {"schemas": SCHEMAS},
+    }
+
+
+async def openapi_json(request: web.Request) -> web.Response:
+    return web.json_response(build_spec())
+
+
+def _render_schema(schema: dict, spec: dict) -> str:
+    if "$ref" in schema:
+        name = schema["$ref"].rsplit("/", 1)[1]
+        return f"<p><code>{html.escape(name)}</code></p>" + _render_schema(spec["components"]["schemas"][name], spec)
+    props = schema.get("properties")
+    if not props:
+        return ""
+    required = set(schema.get("required", ()))
+    rows = "".join(
+        f"<tr><td><code>{html.escape(name)}</code>{' *' if name in required else ''}</td>"
+        f"<td>{html.escape(str(p.get('type', '')))}</td><td>{html.escape(json.dumps(p.get('default', '')))}</td>"
+        f"<td>{html.escape(str(p.get('description', p.get('enum', ''))))}</td></tr>"
+        for name, p in props.items()
+    )
+    return f"<table><tr><th>field</th><th>type</th><th>default</th><th>notes</th></tr>{rows}</table>"
+
+
+def render_docs(spec: dict) -> str:
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>CSM Voice API</title>",
+        "<style>body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem}"
+        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.2rem .5rem;text-align:left}"
+        "code{background:#f4f4f4}</style></head><body>",
+        f"<h1>{html.escape(spec['info']['title'])} <small>{html.escape(spec['info']['version'])}</small></h1>",
+        f"<p>{html.escape(spec['info']['description'])} Machine-readable: <a href='/openapi.json'>/openapi.json</a></p>",
+    ]
+    for path, methods in spec["paths"].items():
+        for method, op in methods.items():
+            parts.append(f"<h2 id='{op['operationId']}'>{method.upper()} <code>{html.escape(path)}</code></h2>")
+            parts.append(f"<p>{html.escape(op['summary'])}</p>")
+            if "description" in op:
+                parts.append(f"<pre style='white-space:pre-wrap'>{html.escape(op['description'])}</pre>")
+            if "requestBody" in op:
+                parts.append("<h3>Request body</h3>")
+                parts.append(_render_schema(op["requestBody"]["content"]["application/json"]["schema"], spec))
+            parts.append("<h3>Responses</h3><ul>")
+            for code, resp in op["responses"].items():
+                parts.append(f"<li><b>{code}</b>: {html.escape(resp['description'])}</li>")
+            parts.append("</ul>")
+    parts.append("</body></html>")
+    return "".join(parts)
+
+
+async def docs(request: web.Request) -> web.Response:
+    return web.Response(text=render_docs(build_spec()), content_type="text/html")

@@ -1,0 +1,287 @@
+"""One WebSocket session on ``/v1/native/ws/{session_id}``: the seed's messages plus streaming.
+
+In: ``synthesize``, ``ping``, ``close`` (seed); ``cancel`` (extension). Out: ``audio``, ``pong``,
+``error`` (seed); ``done``, ``cancelled`` (extensions). Synthesize requests of one session run
+concurrently on the engine (up to ``max_inflight_per_session``) but are answered strictly in the
+order they arrived: each job buffers its replies and one sender task forwards job after job.
+Nothing a client sends ends the session except ``close`` or closing the socket; disconnecting
+cancels every job on the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import itertools
+import json
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import grpc
+from aiohttp import WSMsgType, web
+
+from csm_service.edge.errors import (
+    INVALID_MESSAGE_FORMAT,
+    MESSAGE_TOO_LARGE,
+    SYNTHESIS_FAILED,
+    TOO_MANY_IN_FLIGHT,
+    UNKNOWN_TYPE,
+    ApiError,
+    from_rpc_error,
+)
+from csm_service.edge.params import SpeakParams, parse_speak
+from csm_service.edge.state import EdgeState
+from csm_service.rpc.formats import FINISH_REASON_NAMES
+from csm_service.rpc.gen.csm.v1 import tts_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+WS_FORMAT = "mulaw_8khz"  # the seed: always G.711 mu-law at 8 kHz on the WebSocket
+MULAW_BYTES_PER_MS = 8
+KNOWN_TYPES = ("synthesize", "ping", "close", "cancel")
+_request_ids = itertools.count(1)
+
+
+@dataclass
+class Job:
+    params: SpeakParams
+    request_id: str
+    received_at: float
+    replies: asyncio.Queue = field(default_factory=asyncio.Queue)  # dicts, then None at the end
+    task: asyncio.Task | None = None
+    is_cancelled: bool = False
+    first_audio_ms: int | None = None  # received -> first audio reply queued
+
+
+def _ms(num_bytes: int) -> int:
+    return round(num_bytes / MULAW_BYTES_PER_MS)
+
+
+class WsSession:
+    def __init__(self, ws: web.WebSocketResponse, session_id: str, state: EdgeState) -> None:
+        self.ws = ws
+        self.session_id = session_id
+        self.state = state
+        self.cfg = state.cfg
+        self.jobs: deque[Job] = deque()  # not yet fully answered, in arrival order
+        self.ready_jobs: asyncio.Queue[Job] = asyncio.Queue()
+        self.send_lock = asyncio.Lock()
+        self.closing = False
+
+    # -- sending ---------------------------------------------------------------------------------
+    async def send(self, message: dict[str, object]) -> None:
+        if self.ws.closed:
+            return
+        async with self.send_lock:
+            try:
+                await self.ws.send_str(json.dumps(message, separators=(",", ":")))
+            except ConnectionError:
+                self.closing = True
+
+    async def _sender(self) -> None:
+        """Forward each job's replies, job after job, in arrival order."""
+        while True:
+            job = await self.ready_jobs.get()
+            while (reply := await job.replies.get()) is not None:
+                if not job.is_cancelled:
+                    await self.send(reply)
+            if self.jobs and self.jobs[0] is job:
+                self.jobs.popleft()
+
+    # -- receiving -------------------------------------------------------------------------------
+    async def run(self) -> None:
+        sender = asyncio.create_task(self._sender())
+        try:
+            async for msg in self.ws:
+                if msg.type == WSMsgType.TEXT:
+                    await self._on_text(msg.data)
+                elif msg.type == WSMsgType.BINARY:
+                    self._count("invalid")
+                    await self.send(
+                        ApiError(
+                            400, INVALID_MESSAGE_FORMAT, "binary frames are not accepted; send JSON text"
+                        ).ws_message()
+                    )
+                else:  # ERROR, CLOSE...
+                    break
+                if self.closing:
+                    break
+        finally:
+            self._cancel_jobs(None)
+            await asyncio.sleep(0)  # let cancelled jobs release their engine calls
+            sender.cancel()
+            if not self.ws.closed:
+                await self.ws.close()
+
+    def _count(self, kind: str) -> None:
+        self.state.metrics.ws_messages.labels(kind).inc()
+
+    async def _on_text(self, data: str) -> None:
+        if len(data.encode("utf-8", "surrogatepass")) > self.cfg.max_ws_message_bytes:
+            self._count("invalid")
+            await self.send(
+                ApiError(
+                    413, MESSAGE_TOO_LARGE, f"messages are limited to {self.cfg.max_ws_message_bytes} bytes"
+                ).ws_message()
+            )
+            return
+        try:
+            message = json.loads(data)
+        except ValueError as exc:
+            self._count("invalid")
+            await self.send(ApiError(400, INVALID_MESSAGE_FORMAT, f"invalid JSON: {exc}").ws_message())
+            return
+        kind = message.get("type") if isinstance(message, dict) else None
+        if not isinstance(kind, str):
+            self._count("invalid")
+            await self.send(
+                ApiError(400, INVALID_MESSAGE_FORMAT, 'expected a JSON object with a string "type"').ws_message()
+            )
+            return
+        self._count(kind if kind in KNOWN_TYPES else "unknown")
+        if kind == "synthesize":
+            await self._on_synthesize(message)
+        elif kind == "ping":
+            await self.send({"type": "pong"})
+        elif kind == "close":
+            self.closing = True
+        elif kind == "cancel":
+            await self._on_cancel(message.get("request_id"))
+        else:
+            await self.send(
+                ApiError(400, UNKNOWN_TYPE, f"type {kind[:64]!r} is not one of {', '.join(KNOWN_TYPES)}").ws_message()
+            )
+
+    async def _on_synthesize(self, message: dict) -> None:
+        raw_id = message.get("request_id")
+        echo_id = raw_id if isinstance(raw_id, str) else None
+        try:
+            params = parse_speak(message, self.cfg.max_text_chars)
+            if len(self.jobs) >= self.cfg.max_inflight_per_session:
+                raise ApiError(
+                    429,
+                    TOO_MANY_IN_FLIGHT,
+                    f"at most {self.cfg.max_inflight_per_session} synthesize requests per session at once",
+                    outcome="rejected",
+                )
+        except ApiError as err:
+            self.state.metrics.requests.labels("ws_synthesize", err.outcome).inc()
+            await self.send(err.ws_message(echo_id))
+            return
+        request_id = params.request_id or f"{self.session_id[:64]}-{next(_request_ids)}"
+        job = Job(params, request_id, time.perf_counter())
+        self.jobs.append(job)
+        job.task = asyncio.create_task(self._produce(job))
+        self.ready_jobs.put_nowait(job)
+
+    async def _on_cancel(self, request_id: object) -> None:
+        if request_id is not None and not isinstance(request_id, str):
+            await self.send(
+                ApiError(400, INVALID_MESSAGE_FORMAT, "request_id: must be a string", "request_id").ws_message()
+            )
+            return
+        stopped = self._cancel_jobs(request_id)
+        await self.send({"type": "cancelled", "request_id": request_id, "request_ids": stopped})
+
+    def _cancel_jobs(self, request_id: str | None) -> list[str]:
+        """Cancel every unfinished job (or the one with ``request_id``); their replies are dropped."""
+        stopped = []
+        for job in self.jobs:
+            if job.is_cancelled or (request_id is not None and job.request_id != request_id):
+                continue
+            job.is_cancelled = True  # the sender drops whatever it has not sent yet
+            if job.task is not None and not job.task.done():
+                job.task.cancel()
+            stopped.append(job.request_id)
+            self.state.metrics.requests.labels("ws_synthesize", "cancelled").inc()
+        return stopped
+
+    # -- one synthesize request ------------------------------------------------------------------
+    async def _produce(self, job: Job) -> None:
+        """Run one utterance on the engine and queue its replies (audio..., then done)."""
+        params, metrics = job.params, self.state.metrics
+        endpoint = "ws_stream" if params.stream else "ws_synthesize"
+        echo = {"request_id": job.request_id} if params.stream or params.request_id else {}
+        call = self.state.backend.stream(params.to_proto(pb.MULAW_8KHZ))
+        parts: list[bytes] = []
+        chunk_index = 0
+        try:
+            async for chunk in call:
+                elapsed_ms = round((time.perf_counter() - job.received_at) * 1000)
+                if not params.stream:
+                    parts.append(chunk.audio)
+                else:
+                    job.replies.put_nowait(
+                        {
+                            "type": "audio",
+                            "audio_base64": base64.b64encode(chunk.audio).decode("ascii"),
+                            "duration_ms": _ms(len(chunk.audio)),
+                            "generation_time_ms": elapsed_ms,
+                            "format": WS_FORMAT,
+                            **echo,
+                            "chunk_index": chunk_index,
+                            "final": chunk.final,
+                        }
+                    )
+                    chunk_index += 1
+                    parts.append(chunk.audio)
+                    if job.first_audio_ms is None:
+                        job.first_audio_ms = elapsed_ms
+                        metrics.ttfa.labels(endpoint).observe(elapsed_ms / 1000)
+                if chunk.final:
+                    self._finish(job, chunk, b"".join(parts), chunk_index, echo, endpoint)
+                    return
+            raise ApiError(500, SYNTHESIS_FAILED, "the engine ended the stream without a final chunk")
+        except asyncio.CancelledError:
+            call.cancel()  # frees the engine slot at once
+            raise
+        except grpc.aio.AioRpcError as exc:
+            err = from_rpc_error(exc)
+            metrics.requests.labels(endpoint, err.outcome).inc()
+            job.replies.put_nowait(err.ws_message(job.request_id if echo else None))
+        except ApiError as err:
+            metrics.requests.labels(endpoint, err.outcome).inc()
+            job.replies.put_nowait(err.ws_message(job.request_id if echo else None))
+        except Exception:
+            log.exception("session %s: request %s failed", self.session_id, job.request_id)
+            metrics.requests.labels(endpoint, "error").inc()
+            job.replies.put_nowait(ApiError(500, SYNTHESIS_FAILED).ws_message(job.request_id if echo else None))
+        finally:
+            job.replies.put_nowait(None)
+
+    def _finish(self, job: Job, final: pb.AudioChunk, audio: bytes, num_chunks: int, echo: dict, endpoint: str) -> None:
+        elapsed_s = time.perf_counter() - job.received_at
+        duration_ms = _ms(len(audio))
+        metrics = self.state.metrics
+        metrics.requests.labels(endpoint, "ok").inc()
+        if duration_ms:
+            metrics.rtf.labels(endpoint).observe(elapsed_s * 1000 / duration_ms)
+        if not job.params.stream:
+            metrics.ttfa.labels(endpoint).observe(elapsed_s)
+            job.replies.put_nowait(
+                {
+                    "type": "audio",
+                    "audio_base64": base64.b64encode(audio).decode("ascii"),
+                    "duration_ms": duration_ms,
+                    "generation_time_ms": round(elapsed_s * 1000),
+                    "format": WS_FORMAT,
+                    **echo,
+                }
+            )
+            return
+        job.replies.put_nowait(
+            {
+                "type": "done",
+                **echo,
+                "chunks": num_chunks,
+                "duration_ms": duration_ms,
+                "time_to_first_audio_ms": job.first_audio_ms,
+                "engine_time_to_first_audio_ms": round(final.timings.time_to_first_audio_ms, 1),
+                "generation_time_ms": round(elapsed_s * 1000),
+                "real_time_factor": round(elapsed_s * 1000 / duration_ms, 4) if duration_ms else None,
+                "finish_reason": FINISH_REASON_NAMES.get(final.finish_reason, "unknown"),
+                "seed": final.seed,
+            }
+        )

@@ -1,0 +1,55 @@
+"""``csm-service serve``: engine + gRPC + HTTP/WebSocket edge in one process (the embedded default).
+
+Start-up order: gRPC listens (NOT_SERVING) and the edge listens (``/health`` 503, "loading") at
+once; the engine is built, loaded and warmed in a thread; then gRPC health turns SERVING and the
+edge serves. The edge reaches the engine over gRPC on loopback, exactly as a separate edge would,
+and internal callers can use the same gRPC port. SIGTERM: the engine stops admitting, running
+utterances finish (up to the drain deadline), WebSockets close with 1001, exit 0.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from prometheus_client import CollectorRegistry
+
+from csm_service.config import ServiceConfig
+from csm_service.edge.app import EdgeServer, build_app
+from csm_service.engine.runner import pick_device
+from csm_service.metrics import EngineMetrics
+from csm_service.rpc.client import EngineClient
+from csm_service.rpc.server import EngineServer
+from csm_service.rpc.worker import load_engine, stop_event
+
+log = logging.getLogger(__name__)
+
+
+def _loopback(host: str) -> str:
+    return "127.0.0.1" if host in ("", "0.0.0.0") else ("[::1]" if host == "::" else host)
+
+
+async def run_serve(cfg: ServiceConfig) -> int:
+    registry = CollectorRegistry()
+    grpc_server = EngineServer(EngineMetrics(registry), f"{cfg.grpc_host}:{cfg.grpc_port}", cfg.engine.model)
+    await grpc_server.start()
+    log.info("gRPC on %s:%d (NOT_SERVING until the model is warm)", cfg.grpc_host, grpc_server.port)
+    client = EngineClient(f"{_loopback(cfg.grpc_host)}:{grpc_server.port}")
+    app = build_app(cfg, client, registry, device_hint=pick_device(cfg.engine.device).type)
+    edge = EdgeServer(app, cfg.host, cfg.port)
+    await edge.start()
+    stop = stop_event()
+    code = 0
+    try:
+        engine = await load_engine(grpc_server, cfg.engine, stop)
+        if engine is not None:
+            log.info("serving: http://%s:%d  gRPC :%d", cfg.host, cfg.port, grpc_server.port)
+            await stop.wait()
+            log.info("SIGTERM: draining (up to %.0f s)", cfg.drain_timeout_s)
+    except Exception:
+        log.exception("engine failed to start")
+        code = 1
+    await grpc_server.drain_and_stop(cfg.drain_timeout_s)
+    await edge.stop()
+    await client.close()
+    log.info("stopped")
+    return code
