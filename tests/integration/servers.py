@@ -129,3 +129,20 @@ def http_status(port: int, path: str) -> int:
         return urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5).status
     except urllib.error.HTTPError as exc:
         return exc.code
+
+
+async def async_wait_until(predicate, timeout: float, what: str, interval: float = 0.05):
+    """wait_until that keeps the event loop running (blocking calls in ``predicate`` run in a thread)."""
+    import asyncio
+
+    end = time.monotonic() + timeout
+    last_exc = None
+    while time.monotonic() < end:
+        try:
+            value = await asyncio.to_thread(predicate)
+            if value:
+                return value
+        except Exception as exc:  # noqa: BLE001 - keep polling; report the last failure
+            last_exc = exc
+        await asyncio.sleep(interval)
+    raise TimeoutError(f"timed out waiting for {what} ({last_exc!r})")

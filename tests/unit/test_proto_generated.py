@@ -28,6 +28,7 @@ def test_edge_side_modules_do_not_import_torch():
 
     code = (
         "import sys; import csm_service.rpc.client, csm_service.rpc.formats, csm_service.audio.encoder, "
-        "csm_service.metrics, csm_service.config; sys.exit(1 if 'torch' in sys.modules else 0)"
+        "csm_service.metrics, csm_service.config, csm_service.edge.app, csm_service.cli; "
+        "sys.exit(1 if 'torch' in sys.modules else 0)"
     )
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0

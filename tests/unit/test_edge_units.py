@@ -1,0 +1,106 @@
+"""Edge pieces without a server: request parsing, error mapping, the OpenAPI document."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from csm_service.config import ServiceConfig
+from csm_service.edge.errors import ApiError, from_rpc_error
+from csm_service.edge.openapi import build_spec, render_docs
+from csm_service.edge.params import DEFAULT_MAX_AUDIO_MS, MULAW, WAV, parse_speak
+from csm_service.rpc.gen.csm.v1 import tts_pb2 as pb
+
+
+def test_seed_defaults():
+    params = parse_speak({"text": "Hello, how are you?"}, 4000)
+    assert params.speaker == 0 and params.max_audio_length_ms == DEFAULT_MAX_AUDIO_MS == 30000
+    assert params.output_format is WAV and params.voice_profile_id == "default" and params.stream is False
+    msg = params.to_proto(pb.PCM16_24KHZ)
+    assert msg.text == "Hello, how are you?" and msg.max_audio_length_ms == 30000
+    assert not msg.HasField("seed") and not msg.HasField("temperature") and not msg.HasField("top_k")
+
+
+def test_extensions_reach_the_proto():
+    params = parse_speak(
+        {
+            "text": "x",
+            "output_format": "mulaw",
+            "seed": 9,
+            "top_k": 1,
+            "temperature": 0.5,
+            "max_audio_length_ms": 800.0,
+        },
+        4000,
+    )
+    assert params.output_format is MULAW and params.output_format.name == "mulaw_8khz"
+    msg = params.to_proto(params.output_format.encoding)
+    assert (msg.seed, msg.top_k, msg.temperature, msg.max_audio_length_ms) == (9, 1, 0.5, 800)
+    assert msg.encoding == pb.MULAW_8KHZ
+
+
+@pytest.mark.parametrize(
+    "body, status, field",
+    [
+        ([], 400, None),
+        ({}, 400, "text"),
+        ({"text": 1}, 422, "text"),
+        ({"text": "\n"}, 422, "text"),
+        ({"text": "abc"}, 422, "text"),  # over the 2-character limit used here
+        ({"text": "a", "speaker": 1.5}, 422, "speaker"),
+        ({"text": "a", "speaker": 2**31}, 422, "speaker"),  # would not fit the proto's int32
+        ({"text": "a", "max_audio_length_ms": 2**32}, 422, "max_audio_length_ms"),
+        ({"text": "a", "seed": 2**63}, 422, "seed"),
+        ({"text": "a", "temperature": True}, 422, "temperature"),
+        ({"text": "a", "output_format": 3}, 422, "output_format"),
+        ({"text": "a", "request_id": "r" * 129}, 422, "request_id"),
+    ],
+)
+def test_bad_bodies(body, status, field):
+    with pytest.raises(ApiError) as info:
+        parse_speak(body, 2)
+    assert info.value.status == status and info.value.field == field
+    assert info.value.http_body()["detail"]
+
+
+class _RpcError(grpc.aio.AioRpcError):
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details)
+
+
+@pytest.mark.parametrize(
+    "code, details, status, message",
+    [
+        (grpc.StatusCode.INVALID_ARGUMENT, "text: must be non-empty", 422, "Empty text"),
+        (grpc.StatusCode.INVALID_ARGUMENT, "top_k: must be an integer", 422, "Invalid message format"),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, "overloaded", 503, "Overloaded"),
+        (grpc.StatusCode.UNAVAILABLE, "engine not ready", 503, "Model not loaded"),
+        (grpc.StatusCode.DEADLINE_EXCEEDED, "", 504, "Timed out"),
+        (grpc.StatusCode.INTERNAL, "boom", 500, "Synthesis failed"),
+    ],
+)
+def test_rpc_errors_map_to_client_errors(code, details, status, message):
+    err = from_rpc_error(_RpcError(code, details))
+    assert (err.status, err.message) == (status, message)
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        assert err.retry_after_s == 1
+
+
+def test_openapi_covers_every_route():
+    from csm_service.edge.app import build_app
+    from csm_service.rpc.client import EngineClient
+
+    async def routes() -> set[str]:
+        client = EngineClient("127.0.0.1:1")
+        app = build_app(ServiceConfig(), client, __import__("prometheus_client").CollectorRegistry())
+        await client.close()
+        return {r.resource.canonical for r in app.router.routes() if r.method != "HEAD"}
+
+    import asyncio
+
+    served = asyncio.run(routes())
+    spec = build_spec()
+    documented = set(spec["paths"]) | {"/openapi.json", "/docs"}
+    assert served == documented
+    page = render_docs(spec)
+    assert all(path in page for path in spec["paths"])
