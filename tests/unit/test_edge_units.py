@@ -104,3 +104,13 @@ def test_openapi_covers_every_route():
     assert served == documented
     page = render_docs(spec)
     assert all(path in page for path in spec["paths"])
+
+
+def test_edge_options_from_environment_and_flags():
+    from csm_service.config import build_config
+
+    env = {"CSM_ENGINE": "10.0.0.5:50051,10.0.0.6:50051", "CSM_PORT": "9000", "CSM_MAX_SESSIONS": "5"}
+    cfg = build_config({"max_sessions": 7}, environ=env)
+    assert cfg.engine_addresses == ("10.0.0.5:50051", "10.0.0.6:50051")
+    assert cfg.port == 9000 and cfg.max_sessions == 7  # the flag wins over the environment
+    assert build_config({"engine_addresses": "a:1, b:2"}, environ={}).engine_addresses == ("a:1", "b:2")
