@@ -23,12 +23,12 @@ test: $(STAMP)
 	$(PY) -m pytest -q tests
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check csm_service tests scripts
-	$(VENV)/bin/ruff format --check csm_service tests scripts
+	$(VENV)/bin/ruff check csm_service tests scripts runpod
+	$(VENV)/bin/ruff format --check csm_service tests scripts runpod
 
 format: $(STAMP)
-	$(VENV)/bin/ruff check --fix csm_service tests
-	$(VENV)/bin/ruff format csm_service tests
+	$(VENV)/bin/ruff check --fix csm_service tests scripts runpod
+	$(VENV)/bin/ruff format csm_service tests scripts runpod
 
 bench: $(STAMP)
 	$(PY) -m csm_service.cli bench $(or $(BENCH_ARGS),frame)

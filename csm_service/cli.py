@@ -97,6 +97,7 @@ def cmd_engine(args: argparse.Namespace) -> int:
 EDGE_OPTS = (
     "host",
     "port",
+    "health_port",
     "max_text_chars",
     "max_body_bytes",
     "max_ws_message_bytes",
@@ -110,6 +111,7 @@ def _edge_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("HTTP/WebSocket edge")
     g.add_argument("--host", help="bind address (CSM_HOST, default 0.0.0.0)")
     g.add_argument("--port", type=int, help="HTTP port (CSM_PORT, default 8000)")
+    g.add_argument("--health-port", type=int, help="also serve /ping and /health here (CSM_HEALTH_PORT)")
     g.add_argument("--max-text-chars", type=int, help="per request (CSM_MAX_TEXT_CHARS, default 4000)")
     g.add_argument("--max-body-bytes", type=int, help="HTTP body (CSM_MAX_BODY_BYTES, default 1 MiB)")
     g.add_argument("--max-ws-message-bytes", type=int, help="WebSocket message (CSM_MAX_WS_MESSAGE_BYTES, 64 KiB)")
@@ -136,6 +138,26 @@ def cmd_edge(args: argparse.Namespace) -> int:
 
     cfg = _config(args, (*EDGE_OPTS, "engine_addresses"))
     return asyncio.run(run_edge(cfg))
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    """Put the model, its tokenizer and Mimi into the Hugging Face cache (or check a local dir)."""
+    from csm_service.codec.mimi import resolve_mimi_weights
+    from csm_service.model.loader import ModelNotAvailable, load_tokenizer, resolve_model_files
+
+    cfg = _config(args, ("model", "mimi_weights")).engine
+    try:
+        files = resolve_model_files(cfg.model)
+        load_tokenizer(files)
+        local = Path(cfg.model).expanduser()
+        mimi = resolve_mimi_weights(cfg.mimi_weights, local if local.is_dir() else files.weights[0].parent)
+    except (ModelNotAvailable, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for path in (*files.weights, files.config_json, files.tokenizer_json, mimi):
+        if path is not None:
+            print(path)
+    return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -182,6 +204,11 @@ def build_parser() -> argparse.ArgumentParser:
     engine.add_argument("--drain-timeout-s", type=float, help="SIGTERM drain deadline (CSM_DRAIN_TIMEOUT_S)")
     _engine_flags(engine)
     engine.set_defaults(func=cmd_engine)
+
+    fetch = sub.add_parser("fetch", help="download the model, tokenizer and Mimi into the HF cache (HF_TOKEN)")
+    fetch.add_argument("--model", help="hub id or local directory (CSM_MODEL, default sesame/csm-1b)")
+    fetch.add_argument("--mimi-weights", help="local Mimi weights file (CSM_MIMI_WEIGHTS)")
+    fetch.set_defaults(func=cmd_fetch)
 
     bench = sub.add_parser("bench", help="benchmarks (JSON + table); see csm-service bench -h")
     bench.add_argument("rest", nargs=argparse.REMAINDER)

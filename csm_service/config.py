@@ -99,6 +99,7 @@ class ServiceConfig:
     engine: EngineConfig = field(default_factory=EngineConfig)
     host: str = "0.0.0.0"
     port: int = 8000
+    health_port: int = 0  # a second port for /ping and /health (RunPod's PORT_HEALTH); 0 = none
     grpc_host: str = "0.0.0.0"
     grpc_port: int = 50051
     metrics_port: int = 0  # 0: no separate metrics port

@@ -35,7 +35,7 @@ async def run_serve(cfg: ServiceConfig) -> int:
     log.info("gRPC on %s:%d (NOT_SERVING until the model is warm)", cfg.grpc_host, grpc_server.port)
     client = EngineClient(f"{_loopback(cfg.grpc_host)}:{grpc_server.port}")
     app = build_app(cfg, client, registry, device_hint=pick_device(cfg.engine.device).type)
-    edge = EdgeServer(app, cfg.host, cfg.port)
+    edge = EdgeServer(app, cfg.host, cfg.port, cfg.health_port)
     await edge.start()
     stop = stop_event()
     code = 0

@@ -83,6 +83,7 @@ def build_app(
     backend = Backend(client, cfg.request_timeout_s, device_hint)
     app[STATE] = EdgeState(cfg, backend, registry, metrics or EdgeMetrics(registry))
     app.router.add_get("/health", http_api.health)
+    app.router.add_get("/ping", http_api.ping)
     app.router.add_post("/synthesize", http_api.synthesize)
     app.router.add_get("/metrics", http_api.metrics)
     app.router.add_get("/openapi.json", openapi.openapi_json)
@@ -94,16 +95,18 @@ def build_app(
 class EdgeServer:
     """The app on a TCP port; handler cancellation on, so a client that hangs up cancels its work."""
 
-    def __init__(self, app: web.Application, host: str, port: int) -> None:
+    def __init__(self, app: web.Application, host: str, port: int, health_port: int = 0) -> None:
         self.app = app
-        self.host, self.port = host, port
+        self.host, self.port, self.health_port = host, port, health_port
         self.runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
 
     async def start(self) -> None:
         await self.runner.setup()
-        site = web.TCPSite(self.runner, self.host, self.port)
-        await site.start()
+        await web.TCPSite(self.runner, self.host, self.port).start()
         log.info("edge listening on http://%s:%d", self.host, self.port)
+        if self.health_port and self.health_port != self.port:  # e.g. RunPod's PORT_HEALTH for /ping
+            await web.TCPSite(self.runner, self.host, self.health_port).start()
+            log.info("health checks (/ping, /health) also on port %d", self.health_port)
 
     async def stop(self) -> None:
         for session in list(self.app[STATE].sessions):
@@ -118,7 +121,7 @@ async def run_edge(cfg: ServiceConfig) -> int:
         return 2
     client = EngineClient(list(cfg.engine_addresses))
     registry = CollectorRegistry()
-    server = EdgeServer(build_app(cfg, client, registry), cfg.host, cfg.port)
+    server = EdgeServer(build_app(cfg, client, registry), cfg.host, cfg.port, cfg.health_port)
     await server.start()
     log.info("edge -> engines %s", client.target)
     stop = asyncio.Event()

@@ -55,6 +55,16 @@ async def health(request: web.Request) -> web.Response:
     return web.json_response(body, status=200 if info else 503)
 
 
+async def ping(request: web.Request) -> web.Response:
+    """RunPod's load-balancer convention: 200 ready, 204 still initializing, 503 unavailable."""
+    backend = request.app[STATE].backend
+    if await backend.info() is not None:
+        return web.json_response({"status": "healthy"})
+    if not backend.has_been_ready:
+        return web.Response(status=204)
+    return web.json_response({"status": "unavailable"}, status=503)
+
+
 async def read_json(request: web.Request) -> object:
     """The request body as JSON; ApiError 413 when too large, 400 when not JSON."""
     try:

@@ -126,6 +126,17 @@ def build_spec() -> dict:
                     },
                 }
             },
+            "/ping": {
+                "get": {
+                    "summary": "Load-balancer readiness (RunPod): 200 ready, 204 initializing, 503 unavailable",
+                    "operationId": "ping",
+                    "responses": {
+                        "200": {"description": "Ready"},
+                        "204": {"description": "Initializing (the model is loading)"},
+                        "503": {"description": "No engine worker serves"},
+                    },
+                }
+            },
             "/synthesize": {
                 "post": {
                     "summary": "Synthesize speech from text",

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.integration.servers import Process, http_status, metric, start_serve, wait_until
+from tests.integration.servers import Process, free_port, http_status, metric, start_serve, wait_until
 
 # Small bounds so every limit can be hit cheaply; the seed's fields and defaults are unchanged.
 LIMITS = {
@@ -22,6 +22,7 @@ LIMITS = {
 class Served:
     proc: Process
     port: int
+    health_port: int
 
     @property
     def url(self) -> str:
@@ -36,11 +37,12 @@ class Served:
 
 @pytest.fixture(scope="session")
 def served(tmp_path_factory) -> Served:
+    health_port = free_port()
     flags = [a for k, v in LIMITS.items() for a in (f"--{k.replace('_', '-')}", str(v))]
-    proc, port = start_serve(tmp_path_factory.mktemp("serve"), *flags)
+    proc, port = start_serve(tmp_path_factory.mktemp("serve"), *flags, "--health-port", str(health_port))
     try:
         wait_until(lambda: http_status(port, "/health") == 200, 120, "serve /health 200")
-        yield Served(proc, port)
+        yield Served(proc, port, health_port)
     finally:
         print(proc.log()[-3000:])
         proc.stop()

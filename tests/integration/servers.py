@@ -22,13 +22,22 @@ def free_port() -> int:
 
 
 class Process:
-    def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
+    """``python -m csm_service.cli ARGS`` (or ``python SCRIPT ARGS``) with its output in a log file."""
+
+    def __init__(
+        self,
+        args: list[str],
+        log_path: Path,
+        env: dict[str, str] | None = None,
+        script: str | None = None,
+        cwd: Path = ROOT,
+    ) -> None:
         self.log_path = log_path
         self._log = open(log_path, "wb")
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "csm_service.cli", *args],
-            cwd=ROOT,
+            [sys.executable, *([script] if script else ["-m", "csm_service.cli"]), *args],
+            cwd=cwd,
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=full_env,

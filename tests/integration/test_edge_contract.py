@@ -40,6 +40,14 @@ async def test_health(served):
     assert body["model"] == "tiny-random" and body["engine"]["max_batch"] >= 1
 
 
+def test_ping_on_the_health_port(served):
+    from tests.integration.servers import http_status
+
+    assert http_status(served.port, "/ping") == 200
+    assert http_status(served.health_port, "/ping") == 200  # RunPod's PORT_HEALTH
+    assert http_status(served.health_port, "/health") == 200
+
+
 async def test_synthesize_curl_example_wav(served):
     # The seed's curl example, verbatim body.
     status, body, _ = await post(served, {"text": "Hello world", "max_audio_length_ms": 5000})

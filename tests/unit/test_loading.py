@@ -160,3 +160,26 @@ def test_say_writes_a_24khz_mono_wav(tmp_path):
     with wave.open(str(out)) as w:
         assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (24000, 1, 2)
         assert w.getnframes() == 5 * 1920
+
+
+def test_fetch_offline_names_the_repo(tmp_path, monkeypatch, capsys):
+    from csm_service.cli import main
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    assert main(["fetch", "--model", "sesame/csm-1b"]) == 1
+    assert "sesame/csm-1b" in capsys.readouterr().err
+
+
+def test_fetch_a_local_directory_lists_its_files(tmp_path, tiny_state, capsys):
+    from tokenizers import Tokenizer, models
+
+    from csm_service.cli import main
+
+    save_file(tiny_state, str(tmp_path / "model.safetensors"))
+    Tokenizer(models.WordLevel({"[UNK]": 0}, unk_token="[UNK]")).save(str(tmp_path / "tokenizer.json"))
+    (tmp_path / "tokenizer-e351c8d8-checkpoint125.safetensors").write_bytes(b"")  # Mimi, by its name
+    assert main(["fetch", "--model", str(tmp_path)]) == 0
+    listed = capsys.readouterr().out.split()
+    assert str(tmp_path / "model.safetensors") in listed and str(tmp_path / "tokenizer.json") in listed
+    assert str(tmp_path / "tokenizer-e351c8d8-checkpoint125.safetensors") in listed
