@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 MOSHI_SPEC ?= moshi==0.2.13
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint format proto bench run clean
+.PHONY: install test test-gpu gpu-report lint format proto bench run clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -20,7 +20,10 @@ $(STAMP): pyproject.toml Makefile
 install: $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -rs tests
+
+test-gpu: $(STAMP)
+	$(PY) -m pytest -q -rs -m gpu tests/gpu
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check csm_service tests scripts runpod
@@ -32,6 +35,14 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m csm_service.cli bench $(or $(BENCH_ARGS),frame)
+	$(PY) -m csm_service.cli bench engine
+
+# On a CUDA machine: the GPU tests, then both benchmarks at full size (JSON in bench-results/).
+gpu-report: $(STAMP)
+	mkdir -p bench-results
+	$(PY) -m pytest -q -rs -m gpu tests/gpu
+	$(PY) -m csm_service.cli bench frame --config csm-1b --dtypes bfloat16 --frames 64 --json bench-results/frame.json
+	$(PY) -m csm_service.cli bench engine --config csm-1b --concurrency 1,8,32,64,128 --json bench-results/engine.json
 
 run: $(STAMP)
 	$(VENV)/bin/csm-service serve --model tiny-random

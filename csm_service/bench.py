@@ -2,7 +2,8 @@
 
 ``csm-service bench frame``: ms per 80 ms frame of our model vs transformers'
 CsmForConditionalGeneration on the same random weights, the same prompt and the same number of
-frames, in one process, for each dtype asked.
+frames, in one process, for each dtype asked (CUDA graphs on for ours on a GPU).
+``csm-service bench engine``: see :mod:`csm_service.bench_engine`.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import platform
 import sys
 import time
 
@@ -24,9 +24,10 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+    from csm_service.engine.device_info import device_info
+
+    name = device_info(device)["device_name"]
+    return name if device.type == "cuda" else f"{name} CPU, {torch.get_num_threads()} threads"
 
 
 def _sync(device: torch.device) -> None:
@@ -105,9 +106,13 @@ def bench_frame(args: argparse.Namespace) -> dict:
     for name in args.dtypes.split(","):
         dtype = DTYPES[name]
         # A fresh model per dtype: the runner casts, fuses and (on CPU) prepacks it in place.
-        runner = ModelRunner(model_from_state_dict(hf_model.state_dict(), cfg), 1, device, dtype)
+        runner = ModelRunner(
+            model_from_state_dict(hf_model.state_dict(), cfg), 1, device, dtype, use_cuda_graphs=not args.no_cuda_graphs
+        )
+        runner.capture_graphs()  # no-op on CPU or with --no-cuda-graphs
         mine = time_ours(runner, ids, args.frames)
-        row = {"dtype": name, "ours": mine}
+        mine["cuda_graphs"] = bool(runner.graphs)
+        row = {"dtype": name, "ours": mine, "real_time_factor": mine["ms_per_step"] / 80}
         if not args.no_peer:
             hf_model.to(device=device, dtype=dtype)
             peer = time_transformers(hf_model, ids, args.frames, device)
@@ -130,14 +135,17 @@ def bench_frame(args: argparse.Namespace) -> dict:
 
 def print_frame_table(result: dict) -> None:
     print(f"\n{result['config']} on {result['device']}, {result['frames']} frames, torch {result['torch']}")
-    print("| dtype | ours ms/frame | ours ms/step (no prefill) | transformers ms/frame | speed-up |")
-    print("|---|---|---|---|---|")
+    print("| dtype | ours ms/frame | ours ms/step (no prefill) | real-time factor | transformers ms/frame | speed-up |")
+    print("|---|---|---|---|---|---|")
     for r in result["results"]:
         peer = r.get("transformers", {}).get("ms_per_frame")
         peer_text = f"{peer:.0f}" if peer else "-"
         speedup = f"{r['speedup_vs_transformers']:.2f}x" if peer else "-"
         ours = r["ours"]
-        print(f"| {r['dtype']} | {ours['ms_per_frame']:.0f} | {ours['ms_per_step']:.0f} | {peer_text} | {speedup} |")
+        print(
+            f"| {r['dtype']} | {ours['ms_per_frame']:.1f} | {ours['ms_per_step']:.1f} | {r['real_time_factor']:.3f} | "
+            f"{peer_text} | {speedup} |"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -149,12 +157,19 @@ def main(argv: list[str] | None = None) -> int:
     frame.add_argument("--dtypes", default="float32,bfloat16")
     frame.add_argument("--frames", type=int, default=16)
     frame.add_argument("--no-peer", action="store_true", help="skip transformers")
+    frame.add_argument("--no-cuda-graphs", action="store_true", help="ours eager on CUDA")
     frame.add_argument("--json", help="also write the JSON here")
+    from csm_service import bench_engine
+
+    bench_engine.add_parser(sub)
     args = parser.parse_args(argv)
-    result = bench_frame(args)
+    if args.which == "engine":
+        result = bench_engine.bench_engine(args)
+    else:
+        result = bench_frame(args)
     text = json.dumps(result, indent=2)
     print(text)
-    print_frame_table(result)
+    (bench_engine.print_engine_table if args.which == "engine" else print_frame_table)(result)
     if args.json:
         with open(args.json, "w") as f:
             f.write(text + "\n")

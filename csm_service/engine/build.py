@@ -25,7 +25,7 @@ def build_engine(cfg: EngineConfig, start: bool = True) -> Engine:
         local = Path(cfg.model).expanduser()
         mimi_weights = resolve_mimi_weights(cfg.mimi_weights, local if local.is_dir() else None)
     codec = MimiCodec(mimi_weights, device, seed=cfg.seed, tiny=cfg.model == TINY_RANDOM)
-    runner = ModelRunner(model, cfg.max_batch, device, dtype)
+    runner = ModelRunner(model, cfg.max_batch, device, dtype, use_cuda_graphs=cfg.use_cuda_graphs)
     engine = Engine(runner, codec, tokenizer, cfg)
     if start:
         engine.start()

@@ -99,6 +99,9 @@ class Engine:
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         codec.start_streaming(cfg.max_batch)  # type: ignore[attr-defined]
+        device = runner.device
+        self._decode_codes = torch.zeros(cfg.max_batch, self.model_cfg.num_codebooks, dtype=torch.int64, device=device)
+        self._decode_mask = torch.zeros(cfg.max_batch, dtype=torch.bool, device=device)
 
     # -- public API (any thread) ----------------------------------------------------------------
     @property
@@ -190,15 +193,18 @@ class Engine:
 
     # -- the loop (engine thread) ---------------------------------------------------------------
     def _warm_up(self) -> None:
+        """Run the whole path once (kernels, allocator, Mimi), then capture the CUDA graphs."""
         tokens, mask = self.prepare(SynthesisRequest(text="warm up"))
+        device = self.runner.device
         for _ in range(2):
             self.runner.prefill(0, tokens, mask, seed=0, temperature=0.9, top_k=50)
             codes = self.runner.step(1, tokens.shape[0] + 1)
             self.codec.decode_step(  # type: ignore[attr-defined]
-                torch.zeros(self.cfg.max_batch, codes.shape[1], dtype=torch.int64),
-                torch.zeros(self.cfg.max_batch, dtype=torch.bool),
+                torch.zeros(self.cfg.max_batch, codes.shape[1], dtype=torch.int64, device=device),
+                torch.zeros(self.cfg.max_batch, dtype=torch.bool, device=device),
             )
             self.runner.release(0)
+        self.runner.capture_graphs()
 
     def _run(self) -> None:
         while True:
@@ -245,19 +251,19 @@ class Engine:
     def _step(self) -> None:
         num_rows = max(self.slots) + 1
         kv_len = max(s.position for s in self.slots.values()) + 1
-        codes = self.runner.step(num_rows, kv_len)  # [n, K]
-        codes_host = codes.cpu().numpy()
+        codes = self.runner.step(num_rows, kv_len)  # [n, K] on the device
         self.stats.steps += 1
-        active = torch.zeros(self.cfg.max_batch, dtype=torch.bool)
+        # End of utterance (the all-zero frame) is decided on the device, so Mimi's decode is
+        # queued right behind the step; the host waits once, for codes and audio together.
+        is_live = self.runner.is_active[:num_rows].bool() & (codes != 0).any(dim=1)  # [n]
+        self._decode_mask.zero_()
+        self._decode_mask[:num_rows] = is_live
+        self._decode_codes[:num_rows] = codes
+        pcm_device = self.codec.decode_step(self._decode_codes, self._decode_mask)  # type: ignore[attr-defined]
+        # Copies: on CPU .cpu() would alias the runner's and the codec's reused buffers.
+        codes_host = codes.to("cpu", copy=True).numpy()
+        pcm = pcm_device.to("cpu", copy=True).numpy()  # [max_batch, 1920]; rows not live are meaningless
         is_eos = (codes_host == 0).all(axis=1)
-        for slot in self.slots:
-            if not is_eos[slot]:
-                active[slot] = True
-        pcm = None
-        if active.any():
-            all_codes = torch.zeros(self.cfg.max_batch, codes.shape[1], dtype=torch.int64, device=codes.device)
-            all_codes[:num_rows] = codes
-            pcm = self.codec.decode_step(all_codes, active).cpu().numpy()  # type: ignore[attr-defined]
         now = time.perf_counter()
         done: list[tuple[int, str]] = []
         for slot, state in self.slots.items():

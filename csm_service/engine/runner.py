@@ -3,9 +3,18 @@
 All per-slot state lives on the device in [max_batch] tensors, so a step reads nothing from the
 host beyond two Python ints (how many rows, how many cache positions) and writes nothing back but
 the frame's codes.
+
+On CUDA the whole step (backbone step for every row at its own position, codebook-0 sampling, the
+31 depth-decoder steps with their sampling, the state update) is captured as one CUDA graph per
+(batch bucket, cache-length bucket) at start-up, and a step is one ``replay()``: the live rows are
+padded up to the next batch bucket and the cache read up to the next length bucket (the mask hides
+what lies beyond each row's position, so the result is the same as reading exactly).
 """
 
 from __future__ import annotations
+
+import logging
+import time
 
 import numpy as np
 import torch
@@ -13,6 +22,26 @@ import torch
 from csm_service.engine.frame import FrameInputs, frame_step
 from csm_service.model.csm import CSM
 from csm_service.model.fuse import fuse_projections
+
+log = logging.getLogger(__name__)
+
+MIN_KV_BUCKET = 256
+
+
+def powers_of_two_upto(limit: int, start: int = 1) -> tuple[int, ...]:
+    """start, 2*start, ... below ``limit``, then ``limit`` itself: the buckets a value rounds up to."""
+    out, value = [], start
+    while value < limit:
+        out.append(value)
+        value *= 2
+    return (*out, limit)
+
+
+def round_up(value: int, buckets: tuple[int, ...]) -> int:
+    for bucket in buckets:
+        if value <= bucket:
+            return bucket
+    raise ValueError(f"{value} exceeds the largest bucket {buckets[-1]}")
 
 
 def pick_device(name: str) -> torch.device:
@@ -28,7 +57,9 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 class ModelRunner:
-    def __init__(self, model: CSM, max_batch: int, device: torch.device, dtype: torch.dtype) -> None:
+    def __init__(
+        self, model: CSM, max_batch: int, device: torch.device, dtype: torch.dtype, use_cuda_graphs: bool = False
+    ) -> None:
         self.model = model.to(device=device, dtype=dtype).eval()
         fuse_projections(self.model, pack_cpu=device.type == "cpu")
         self.model.setup_caches(max_batch)
@@ -44,6 +75,11 @@ class ModelRunner:
         self.frame_index = torch.zeros(max_batch, device=device, dtype=torch.int64)
         self.temperature = torch.ones(max_batch, device=device, dtype=torch.float32)
         self.top_k = torch.ones(max_batch, device=device, dtype=torch.int64)
+        self.codes = torch.zeros(max_batch, self.cfg.num_codebooks, device=device, dtype=torch.int64)  # [N, K]
+        self.batch_buckets = powers_of_two_upto(max_batch)
+        self.kv_buckets = powers_of_two_upto(self.cfg.max_seq_len, min(MIN_KV_BUCKET, self.cfg.max_seq_len))
+        self.use_cuda_graphs = use_cuda_graphs and device.type == "cuda"
+        self.graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
 
     @torch.inference_mode()
     def prefill(
@@ -69,11 +105,22 @@ class ModelRunner:
 
     @torch.inference_mode()
     def step(self, num_rows: int, kv_len: int) -> torch.Tensor:
-        """Advance slots [0, num_rows) by one frame -> codes [num_rows, K] on the device.
+        """Advance slots [0, num_rows) by one frame -> codes [num_rows, K] on the device: a view
+        of a reused buffer, valid until the next step.
 
         ``kv_len`` must exceed every active slot's position. Idle rows compute and are ignored.
+        With CUDA graphs the rows and the cache length are rounded up to their buckets.
         """
-        n = num_rows
+        if self.graphs:
+            n, length = round_up(num_rows, self.batch_buckets), round_up(kv_len, self.kv_buckets)
+            self.graphs[(n, length)].replay()
+        else:
+            self.step_eager(num_rows, kv_len)
+        return self.codes[:num_rows]
+
+    @torch.inference_mode()
+    def step_eager(self, n: int, kv_len: int) -> None:
+        """The step body (what a graph captures): rows [0, n), cache positions [0, kv_len)."""
         inputs = FrameInputs(
             hidden=self.hidden[:n],
             positions=self.positions[:n],
@@ -86,4 +133,42 @@ class ModelRunner:
         self.hidden[:n] = next_hidden
         self.positions[:n] += self.is_active[:n]
         self.frame_index[:n] += self.is_active[:n]
-        return codes
+        self.codes[:n] = codes
+
+    @torch.inference_mode()
+    def capture_graphs(self) -> None:
+        """Capture one CUDA graph per (batch bucket, cache-length bucket); call with no live slot.
+
+        Largest first, all in one memory pool, so the smaller graphs reuse the largest's buffers.
+        Warm-up and capture write only rows that are idle (their cache is rewritten by prefill).
+        """
+        if not self.use_cuda_graphs:
+            return
+        started = time.perf_counter()
+        saved = [t.clone() for t in self._state()]
+        pool = torch.cuda.graph_pool_handle()
+        side = torch.cuda.Stream(self.device)
+        for n in reversed(self.batch_buckets):
+            for length in reversed(self.kv_buckets):
+                side.wait_stream(torch.cuda.current_stream(self.device))
+                with torch.cuda.stream(side):  # warm-up: lazy init and autotuning outside the graph
+                    for _ in range(2):
+                        self.step_eager(n, length)
+                torch.cuda.current_stream(self.device).wait_stream(side)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool=pool):
+                    self.step_eager(n, length)
+                self.graphs[(n, length)] = graph
+        torch.cuda.synchronize(self.device)
+        for tensor, value in zip(self._state(), saved, strict=True):
+            tensor.copy_(value)
+        log.info(
+            "captured %d CUDA graphs (batch %s x cache %s) in %.1f s",
+            len(self.graphs),
+            self.batch_buckets,
+            self.kv_buckets,
+            time.perf_counter() - started,
+        )
+
+    def _state(self) -> list[torch.Tensor]:
+        return [self.hidden, self.positions, self.is_active, self.seeds, self.frame_index, self.temperature, self.top_k]

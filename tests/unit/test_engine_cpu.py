@@ -164,3 +164,24 @@ def test_prompt_overflowing_positions_is_refused(engine):
     # the engine still serves
     _, done = run(engine, SynthesisRequest("still alive", max_audio_length_ms=160, seed=1))
     assert done.reason == "max_length"
+
+
+def test_sixteen_concurrent_requests_on_tiny_random():
+    """The CPU target of the scheduler: 16 requests at once, all correct, each as if alone."""
+    engine = build_engine(EngineConfig(model="tiny-random", max_batch=16, max_queue=0, chunk_frames=2))
+    try:
+        finished: queue.Queue = queue.Queue()
+
+        def sink(event: object) -> None:
+            if isinstance(event, Finished):
+                finished.put(event)
+
+        for i in range(16):
+            engine.submit(SynthesisRequest(f"caller {i}", max_audio_length_ms=400, seed=200 + i), sink)
+        results = [finished.get(timeout=120) for _ in range(16)]
+        assert all(r.reason == "max_length" and r.num_frames == 5 for r in results)
+        _, alone = run(engine, SynthesisRequest("caller 9", max_audio_length_ms=400, seed=209))
+        assert any(np.array_equal(alone.codes, r.codes) for r in results)
+        assert engine.num_active == 0 and engine.scheduler.num_free == 16
+    finally:
+        engine.stop()

@@ -79,7 +79,7 @@ def test_greedy_codes_match_transformers(reference, naming):
     runner = ModelRunner(model, max_batch=1, device=torch.device("cpu"), dtype=torch.float32)
     tokens = reference["tokens"]
     runner.prefill(0, tokens, reference["mask"], seed=123, temperature=0.9, top_k=1)
-    ours = [runner.step(1, kv_len=tokens.shape[0] + i + 1)[0] for i in range(NUM_FRAMES)]
+    ours = [runner.step(1, kv_len=tokens.shape[0] + i + 1)[0].clone() for i in range(NUM_FRAMES)]
     assert torch.equal(torch.stack(ours), reference["codes"])
 
 
