@@ -181,7 +181,10 @@ def test_sixteen_concurrent_requests_on_tiny_random():
         results = [finished.get(timeout=120) for _ in range(16)]
         assert all(r.reason == "max_length" and r.num_frames == 5 for r in results)
         _, alone = run(engine, SynthesisRequest("caller 9", max_audio_length_ms=400, seed=209))
-        assert any(np.array_equal(alone.codes, r.codes) for r in results)
+        by_seed = {r.seed: r for r in results}
+        assert sorted(by_seed) == list(range(200, 216))
+        assert np.array_equal(alone.codes, by_seed[209].codes)  # in a crowd of 16 as alone
+        assert not np.array_equal(by_seed[209].codes, by_seed[210].codes)
         assert engine.num_active == 0 and engine.scheduler.num_free == 16
     finally:
         engine.stop()
