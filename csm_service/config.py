@@ -105,7 +105,8 @@ class ServiceConfig:
     metrics_port: int = 0  # 0: no separate metrics port
     engine_addresses: tuple[str, ...] = ()
     data_dir: str = "./data"
-    api_keys: tuple[str, ...] = ()
+    api_keys: tuple[str, ...] = ()  # CSM_API_KEYS=k1,k2; empty (and no file) = open
+    api_keys_file: str = ""  # one key per line ('#' comments), added to api_keys
     log_level: str = "INFO"
     drain_timeout_s: float = 30.0  # SIGTERM: how long running utterances may take to finish
     # Edge bounds: every one answers with a clear error, never by dropping the session.
@@ -165,3 +166,12 @@ def build_config(cli: dict[str, object], environ: dict[str, str] | None = None) 
             a.strip() for a in str(service_given["engine_addresses"]).split(",") if a.strip()
         )
     return dataclasses.replace(service, engine=engine, **service_given)
+
+
+def api_keys(cfg: ServiceConfig) -> tuple[str, ...]:
+    """The keys clients may present: ``api_keys`` plus the lines of ``api_keys_file``."""
+    keys = list(cfg.api_keys)
+    if cfg.api_keys_file:
+        with open(cfg.api_keys_file, encoding="utf-8") as f:
+            keys += [line.strip() for line in f if line.strip() and not line.lstrip().startswith("#")]
+    return tuple(dict.fromkeys(k for k in keys if k))

@@ -13,7 +13,8 @@ import logging
 
 from prometheus_client import CollectorRegistry
 
-from csm_service.config import ServiceConfig
+from csm_service.auth import KeyChecker, grpc_metadata, warn_if_open
+from csm_service.config import ServiceConfig, api_keys
 from csm_service.edge.app import EdgeServer, build_app
 from csm_service.engine.runner import pick_device
 from csm_service.metrics import EngineMetrics
@@ -30,11 +31,15 @@ def _loopback(host: str) -> str:
 
 async def run_serve(cfg: ServiceConfig) -> int:
     registry = CollectorRegistry()
-    grpc_server = EngineServer(EngineMetrics(registry), f"{cfg.grpc_host}:{cfg.grpc_port}", cfg.engine.model)
+    keys = api_keys(cfg)
+    checker = KeyChecker(keys)
+    warn_if_open(checker, cfg.host, "the HTTP/WebSocket edge")
+    warn_if_open(checker, cfg.grpc_host, "gRPC")
+    grpc_server = EngineServer(EngineMetrics(registry), f"{cfg.grpc_host}:{cfg.grpc_port}", cfg.engine.model, checker)
     await grpc_server.start()
     log.info("gRPC on %s:%d (NOT_SERVING until the model is warm)", cfg.grpc_host, grpc_server.port)
-    client = EngineClient(f"{_loopback(cfg.grpc_host)}:{grpc_server.port}")
-    app = build_app(cfg, client, registry, device_hint=pick_device(cfg.engine.device).type)
+    client = EngineClient(f"{_loopback(cfg.grpc_host)}:{grpc_server.port}", metadata=grpc_metadata(keys))
+    app = build_app(cfg, client, registry, device_hint=pick_device(cfg.engine.device).type, checker=checker)
     edge = EdgeServer(app, cfg.host, cfg.port, cfg.health_port)
     await edge.start()
     stop = stop_event()

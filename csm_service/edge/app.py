@@ -14,10 +14,11 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from csm_service.config import ServiceConfig
+from csm_service.auth import KeyChecker, bearer_token, grpc_metadata, warn_if_open
+from csm_service.config import ServiceConfig, api_keys
 from csm_service.edge import http_api, openapi
 from csm_service.edge.backend import Backend
-from csm_service.edge.errors import TOO_MANY_SESSIONS, ApiError
+from csm_service.edge.errors import TOO_MANY_SESSIONS, UNAUTHORIZED, ApiError
 from csm_service.edge.state import STATE, EdgeState
 from csm_service.edge.ws_session import WsSession
 from csm_service.metrics import EdgeMetrics
@@ -27,6 +28,19 @@ log = logging.getLogger(__name__)
 
 MAX_SESSION_ID_CHARS = 256
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+OPEN_PATHS = ("/health", "/ping", "/metrics", "/openapi.json", "/docs")  # no key needed
+
+
+@web.middleware
+async def require_key(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """With API keys configured, HTTP routes other than OPEN_PATHS need ``Authorization: Bearer``.
+    The WebSocket route checks for itself (it also accepts a query parameter or a first message)."""
+    checker = request.app[STATE].checker
+    if checker.enabled and request.path not in OPEN_PATHS and not request.path.startswith("/v1/native/ws/"):
+        if not checker.is_valid(bearer_token(request.headers.get("Authorization"))):
+            request.app[STATE].metrics.requests.labels(request.path.strip("/")[:32] or "root", "unauthorized").inc()
+            raise ApiError(401, UNAUTHORIZED, "send Authorization: Bearer <API key>")
+    return await handler(request)
 
 
 @web.middleware
@@ -57,11 +71,15 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     ws = web.WebSocketResponse(max_msg_size=max(4 << 20, 16 * state.cfg.max_ws_message_bytes))
     if not ws.can_prepare(request).ok:
         raise ApiError(400, "Expected a WebSocket upgrade", "connect with a WebSocket client (ws:// or wss://)")
+    presented = bearer_token(request.headers.get("Authorization")) or request.query.get("api_key")
+    if state.checker.enabled and presented is not None and not state.checker.is_valid(presented):
+        state.metrics.requests.labels("websocket", "unauthorized").inc()
+        raise ApiError(401, UNAUTHORIZED, "invalid API key")
     if len(state.sessions) >= state.cfg.max_sessions:
         state.metrics.requests.labels("websocket", "rejected").inc()
         raise ApiError(503, TOO_MANY_SESSIONS, f"at most {state.cfg.max_sessions} sessions", retry_after_s=1)
     await ws.prepare(request)
-    session = WsSession(ws, session_id, state)
+    session = WsSession(ws, session_id, state, authenticated=not state.checker.enabled or presented is not None)
     state.sessions.add(session)
     state.metrics.sessions.inc()
     try:
@@ -78,10 +96,12 @@ def build_app(
     registry: CollectorRegistry,
     metrics: EdgeMetrics | None = None,
     device_hint: str = "unknown",
+    checker: KeyChecker | None = None,
 ) -> web.Application:
-    app = web.Application(client_max_size=cfg.max_body_bytes, middlewares=[json_errors])
+    app = web.Application(client_max_size=cfg.max_body_bytes, middlewares=[json_errors, require_key])
     backend = Backend(client, cfg.request_timeout_s, device_hint)
-    app[STATE] = EdgeState(cfg, backend, registry, metrics or EdgeMetrics(registry))
+    checker = checker or KeyChecker(api_keys(cfg))
+    app[STATE] = EdgeState(cfg, backend, registry, metrics or EdgeMetrics(registry), checker)
     app.router.add_get("/health", http_api.health)
     app.router.add_get("/ping", http_api.ping)
     app.router.add_post("/synthesize", http_api.synthesize)
@@ -119,9 +139,12 @@ async def run_edge(cfg: ServiceConfig) -> int:
     if not cfg.engine_addresses:
         log.error("no engine workers: pass --engine host:port[,host:port...] or set CSM_ENGINE")
         return 2
-    client = EngineClient(list(cfg.engine_addresses))
+    keys = api_keys(cfg)
+    client = EngineClient(list(cfg.engine_addresses), metadata=grpc_metadata(keys))
     registry = CollectorRegistry()
-    server = EdgeServer(build_app(cfg, client, registry), cfg.host, cfg.port, cfg.health_port)
+    checker = KeyChecker(keys)
+    warn_if_open(checker, cfg.host, "the HTTP/WebSocket edge")
+    server = EdgeServer(build_app(cfg, client, registry, checker=checker), cfg.host, cfg.port, cfg.health_port)
     await server.start()
     log.info("edge -> engines %s", client.target)
     stop = asyncio.Event()

@@ -22,10 +22,12 @@ UNKNOWN_VOICE = "Unknown voice profile"
 UNKNOWN_TYPE = "Unknown message type"
 TOO_MANY_IN_FLIGHT = "Too many requests in flight"
 TOO_MANY_SESSIONS = "Too many sessions"
+UNAUTHORIZED = "Unauthorized"
 
 # The seed's "Error" column for each HTTP status.
 HTTP_TITLES = {
     400: "Bad Request",
+    401: "Unauthorized",
     404: "Not Found",
     405: "Method Not Allowed",
     413: "Payload Too Large",
@@ -36,7 +38,15 @@ HTTP_TITLES = {
 }
 
 # Outcome label (Prometheus) per HTTP status.
-OUTCOMES = {400: "bad_request", 413: "too_large", 422: "invalid", 500: "error", 503: "unavailable", 504: "timeout"}
+OUTCOMES = {
+    400: "bad_request",
+    401: "unauthorized",
+    413: "too_large",
+    422: "invalid",
+    500: "error",
+    503: "unavailable",
+    504: "timeout",
+}
 
 
 class ApiError(Exception):

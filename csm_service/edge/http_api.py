@@ -22,8 +22,10 @@ log = logging.getLogger(__name__)
 
 
 def error_response(err: ApiError) -> web.Response:
-    headers = {"Retry-After": str(err.retry_after_s)} if err.retry_after_s else None
-    return web.json_response(err.http_body(), status=err.status, headers=headers)
+    headers = {"Retry-After": str(err.retry_after_s)} if err.retry_after_s else {}
+    if err.status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    return web.json_response(err.http_body(), status=err.status, headers=headers or None)
 
 
 async def health(request: web.Request) -> web.Response:

@@ -96,11 +96,12 @@ SCHEMAS: dict[str, dict] = {
 WEBSOCKET_DOC = """Real-time synthesis. Client messages (JSON text frames):
 `{"type": "synthesize", "text", "voice_profile_id"?, "stream"?, "request_id"?, "speaker"?,
 "max_audio_length_ms"?, "temperature"?, "top_k"?, "seed"?}`, `{"type": "ping"}`, `{"type": "close"}`,
-`{"type": "cancel", "request_id"?}`.
+`{"type": "cancel", "request_id"?}`, and with API keys on and none sent at the upgrade, first
+`{"type": "auth", "api_key"}` (a wrong or missing one closes the socket with 1008).
 Server messages: `{"type": "audio", "audio_base64", "duration_ms", "generation_time_ms", "format": "mulaw_8khz"}`
 (with `"stream": true`: one per chunk, plus `request_id`, `chunk_index`, `final`; then
 `{"type": "done", "request_id", "chunks", "duration_ms", "time_to_first_audio_ms", "generation_time_ms",
-"real_time_factor", "finish_reason", "seed"}`), `{"type": "pong"}`, `{"type": "cancelled", "request_id",
+"real_time_factor", "finish_reason", "seed"}`), `{"type": "pong"}`, `{"type": "authenticated"}`, `{"type": "cancelled", "request_id",
 "request_ids"}`, `{"type": "error", "error", "detail"?}` with errors "Model not loaded",
 "Invalid message format", "Empty text", "Text too long", "Message too large", "Unknown message type",
 "Too many requests in flight", "Overloaded", "Synthesis failed". Replies to synthesize requests come in
@@ -141,6 +142,7 @@ def build_spec() -> dict:
                 "post": {
                     "summary": "Synthesize speech from text",
                     "operationId": "synthesize",
+                    "security": [{}, {"bearer": []}],
                     "requestBody": {"required": True, **_json({"$ref": "#/components/schemas/SynthesizeRequest"})},
                     "responses": {
                         "200": {
@@ -148,6 +150,7 @@ def build_spec() -> dict:
                             **_json({"$ref": "#/components/schemas/SynthesizeResponse"}),
                         },
                         "400": _error("Invalid JSON or missing required fields"),
+                        "401": _error("API keys are configured and none or a wrong one was sent"),
                         "413": _error("Request body too large"),
                         "422": _error("Field validation failed"),
                         "500": _error("Synthesis failed"),
@@ -160,6 +163,7 @@ def build_spec() -> dict:
                 "get": {
                     "summary": "WebSocket: real-time synthesis (G.711 mu-law 8 kHz)",
                     "operationId": "native_websocket",
+                    "security": [{}, {"bearer": []}, {"api_key": []}],
                     "description": WEBSOCKET_DOC,
                     "parameters": [
                         {
@@ -173,6 +177,7 @@ def build_spec() -> dict:
                     "responses": {
                         "101": {"description": "Switching protocols to WebSocket"},
                         "400": _error("Not a WebSocket upgrade request, or a bad session id"),
+                        "401": _error("Wrong API key in the Authorization header or the api_key parameter"),
                         "503": _error("Too many sessions"),
                     },
                 }
@@ -185,7 +190,13 @@ def build_spec() -> dict:
                 }
             },
         },
-        "components": {"schemas": SCHEMAS},
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {  # only enforced when the server has API keys (CSM_API_KEYS)
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "api_key": {"type": "apiKey", "in": "query", "name": "api_key"},
+            },
+        },
     }
 
 

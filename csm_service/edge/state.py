@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from csm_service.auth import KeyChecker
 from csm_service.config import ServiceConfig
 from csm_service.edge.backend import Backend
 from csm_service.metrics import EdgeMetrics
@@ -18,6 +19,7 @@ class EdgeState:
     backend: Backend
     registry: CollectorRegistry
     metrics: EdgeMetrics
+    checker: KeyChecker = field(default_factory=lambda: KeyChecker(()))
     sessions: set = field(default_factory=set)  # open WsSession objects
 
 

@@ -40,7 +40,9 @@ log = logging.getLogger(__name__)
 
 WS_FORMAT = "mulaw_8khz"  # the seed: always G.711 mu-law at 8 kHz on the WebSocket
 MULAW_BYTES_PER_MS = 8
-KNOWN_TYPES = ("synthesize", "ping", "close", "cancel")
+KNOWN_TYPES = ("synthesize", "ping", "close", "cancel", "auth")
+AUTH_TIMEOUT_S = 10.0  # with API keys and none at the upgrade: the first message must be "auth"
+POLICY_VIOLATION = 1008
 _request_ids = itertools.count(1)
 
 
@@ -60,8 +62,11 @@ def _ms(num_bytes: int) -> int:
 
 
 class WsSession:
-    def __init__(self, ws: web.WebSocketResponse, session_id: str, state: EdgeState) -> None:
+    def __init__(
+        self, ws: web.WebSocketResponse, session_id: str, state: EdgeState, authenticated: bool = True
+    ) -> None:
         self.ws = ws
+        self.authenticated = authenticated
         self.session_id = session_id
         self.state = state
         self.cfg = state.cfg
@@ -93,6 +98,7 @@ class WsSession:
     # -- receiving -------------------------------------------------------------------------------
     async def run(self) -> None:
         sender = asyncio.create_task(self._sender())
+        deadline = None if self.authenticated else asyncio.create_task(self._auth_deadline())
         try:
             async for msg in self.ws:
                 if msg.type == WSMsgType.TEXT:
@@ -112,6 +118,8 @@ class WsSession:
             self._cancel_jobs(None)
             await asyncio.sleep(0)  # let cancelled jobs release their engine calls
             sender.cancel()
+            if deadline is not None:
+                deadline.cancel()
             if not self.ws.closed:
                 await self.ws.close()
 
@@ -141,6 +149,9 @@ class WsSession:
             )
             return
         self._count(kind if kind in KNOWN_TYPES else "unknown")
+        if not self.authenticated:
+            await self._on_auth(message if kind == "auth" else None)
+            return
         if kind == "synthesize":
             await self._on_synthesize(message)
         elif kind == "ping":
@@ -149,10 +160,29 @@ class WsSession:
             self.closing = True
         elif kind == "cancel":
             await self._on_cancel(message.get("request_id"))
+        elif kind == "auth":
+            await self.send({"type": "authenticated"})  # already: keys are off or were checked
         else:
             await self.send(
                 ApiError(400, UNKNOWN_TYPE, f"type {kind[:64]!r} is not one of {', '.join(KNOWN_TYPES)}").ws_message()
             )
+
+    async def _auth_deadline(self) -> None:
+        await asyncio.sleep(AUTH_TIMEOUT_S)
+        if not self.authenticated:
+            await self.ws.close(code=POLICY_VIOLATION, message=b"authentication timed out")
+
+    async def _on_auth(self, message: dict | None) -> None:
+        """The first message of a session opened without a key must be a valid ``auth``."""
+        key = message.get("api_key") if message is not None else None
+        if isinstance(key, str) and self.state.checker.is_valid(key):
+            self.authenticated = True
+            await self.send({"type": "authenticated"})
+            return
+        self.state.metrics.requests.labels("websocket", "unauthorized").inc()
+        reason = b"invalid API key" if message is not None else b'authentication required: send {"type":"auth"}'
+        await self.ws.close(code=POLICY_VIOLATION, message=reason)
+        self.closing = True
 
     async def _on_synthesize(self, message: dict) -> None:
         raw_id = message.get("request_id")

@@ -19,6 +19,7 @@ from grpc_reflection.v1alpha import reflection
 
 from csm_service import __version__
 from csm_service.audio.encoder import StreamEncoder
+from csm_service.auth import GrpcKeyInterceptor, KeyChecker
 from csm_service.engine.engine import Engine
 from csm_service.engine.request import (
     AudioChunk,
@@ -224,10 +225,13 @@ def _engine_info(engine: Engine | None, model: str) -> pb.EngineInfo:
 class EngineServer:
     """The grpc.aio server around one engine, with health and reflection."""
 
-    def __init__(self, metrics: EngineMetrics, address: str, model: str = "") -> None:
+    def __init__(
+        self, metrics: EngineMetrics, address: str, model: str = "", checker: KeyChecker | None = None
+    ) -> None:
         self.servicer = TextToSpeechServicer(metrics, model)
         self.health = HealthServicer()
-        self.server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        interceptors = [GrpcKeyInterceptor(checker)] if checker is not None and checker.enabled else []
+        self.server = grpc.aio.server(options=[("grpc.so_reuseport", 0)], interceptors=interceptors)
         tts_pb2_grpc.add_TextToSpeechServicer_to_server(self.servicer, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(

@@ -8,7 +8,8 @@ import signal
 
 from prometheus_client import CollectorRegistry, start_http_server
 
-from csm_service.config import EngineConfig, ServiceConfig
+from csm_service.auth import KeyChecker, warn_if_open
+from csm_service.config import EngineConfig, ServiceConfig, api_keys
 from csm_service.engine.build import build_engine
 from csm_service.engine.engine import Engine
 from csm_service.metrics import EngineMetrics
@@ -46,7 +47,9 @@ async def load_engine(server: EngineServer, cfg: EngineConfig, stop: asyncio.Eve
 async def run_engine_worker(cfg: ServiceConfig) -> int:
     registry = CollectorRegistry()
     metrics = EngineMetrics(registry)
-    server = EngineServer(metrics, f"{cfg.grpc_host}:{cfg.grpc_port}", cfg.engine.model)
+    checker = KeyChecker(api_keys(cfg))
+    warn_if_open(checker, cfg.grpc_host, "the gRPC engine worker")
+    server = EngineServer(metrics, f"{cfg.grpc_host}:{cfg.grpc_port}", cfg.engine.model, checker)
     await server.start()  # health: NOT_SERVING while the model loads
     log.info("gRPC listening on %s:%d (NOT_SERVING until the model is warm)", cfg.grpc_host, server.port)
     if cfg.metrics_port:
