@@ -101,27 +101,12 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.05):
     raise TimeoutError(f"timed out waiting for {what} ({last_exc!r})")
 
 
-def start_serve(tmp: Path, *extra: str) -> tuple[Process, int]:
+def start_serve(tmp: Path, *extra: str, env: dict[str, str] | None = None, grpc_port: int = 0) -> tuple[Process, int]:
     """``csm-service serve --model tiny-random`` on loopback; returns the process and its HTTP port."""
     port = free_port()
-    proc = Process(
-        [
-            "serve",
-            "--model",
-            "tiny-random",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--grpc-host",
-            "127.0.0.1",
-            "--grpc-port",
-            "0",
-            *extra,
-        ],
-        tmp / f"serve-{port}.log",
-    )
-    return proc, port
+    args = ["serve", "--model", "tiny-random", "--host", "127.0.0.1", "--port", str(port)]
+    args += ["--grpc-host", "127.0.0.1", "--grpc-port", str(grpc_port), *extra]
+    return Process(args, tmp / f"serve-{port}.log", env=env), port
 
 
 def start_edge(tmp: Path, engines: str, *extra: str) -> tuple[Process, int]:

@@ -8,7 +8,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.integration.servers import Process, free_port, http_status, wait_until
+from tests.integration.servers import free_port, http_status, start_serve, wait_until
 
 KEYS = ("key-one", "key-two")
 
@@ -18,24 +18,9 @@ def keyed(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("keyed")
     keys_file = tmp / "keys.txt"
     keys_file.write_text("# operators' keys\nkey-two\n")
-    port, grpc_port = free_port(), free_port()
-    proc = Process(
-        [
-            "serve",
-            "--model",
-            "tiny-random",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--grpc-host",
-            "127.0.0.1",
-            "--grpc-port",
-            str(grpc_port),
-        ],
-        tmp / "serve.log",
-        env={"CSM_API_KEYS": KEYS[0], "CSM_API_KEYS_FILE": str(keys_file)},
-    )
+    grpc_port = free_port()
+    env = {"CSM_API_KEYS": KEYS[0], "CSM_API_KEYS_FILE": str(keys_file)}
+    proc, port = start_serve(tmp, env=env, grpc_port=grpc_port)
     try:
         wait_until(lambda: http_status(port, "/health") == 200, 120, "keyed serve healthy")  # /health stays open
         yield port, grpc_port
