@@ -25,7 +25,7 @@ from csm_service.edge.errors import ApiError
 from csm_service.edge.params import parse_speak
 from csm_service.engine.engine import Engine
 from csm_service.engine.request import AudioChunk, Finished, InvalidRequest, Overloaded, SynthesisRequest
-from csm_service.rpc.formats import ENCODING_FORMATS
+from csm_service.rpc.formats import ENCODING_FORMATS, FINISH_REASON_NAMES, FINISH_REASONS
 
 log = logging.getLogger(__name__)
 
@@ -109,13 +109,13 @@ def run_job(job_input: object, engine: Engine) -> Iterator[dict]:
         "duration_ms": duration_ms,
         "generation_time_ms": elapsed_ms,
         "seed": event.seed,
-        "finish_reason": "end_of_speech" if event.reason == "eos" else event.reason,
+        "finish_reason": FINISH_REASON_NAMES[FINISH_REASONS[event.reason]],
     }
     if params.stream and not fmt.is_wav:
         yield {"done": True, "chunks": index, "time_to_first_audio_ms": first_audio_ms, **common}
         return
     if fmt.is_wav:
-        audio = wav_bytes(np.frombuffer(audio, dtype="<i2"), fmt.sample_rate)
+        audio = wav_bytes(audio, fmt.sample_rate)
     yield {"audio_base64": _b64(audio), "sample_rate": fmt.sample_rate, "format": fmt.name, **common}
 
 

@@ -13,13 +13,15 @@ def float_to_pcm16(pcm: np.ndarray) -> np.ndarray:
     return (np.clip(pcm, -1.0, 1.0) * 32767.0).round().astype("<i2")
 
 
-def wav_bytes(pcm16: np.ndarray, sample_rate: int) -> bytes:
+def wav_bytes(pcm16: np.ndarray | bytes, sample_rate: int) -> bytes:
+    """int16 samples (an array, or little-endian PCM16 bytes) -> a mono WAV file."""
+    data = pcm16 if isinstance(pcm16, bytes) else np.ascontiguousarray(pcm16, dtype="<i2").tobytes()
     buf = io.BytesIO()
     with wave.open(buf, "wb") as w:
         w.setnchannels(1)
         w.setsampwidth(2)
         w.setframerate(sample_rate)
-        w.writeframes(np.ascontiguousarray(pcm16, dtype="<i2").tobytes())
+        w.writeframes(data)
     return buf.getvalue()
 
 

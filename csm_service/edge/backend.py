@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 
 import grpc
 
@@ -23,7 +22,6 @@ class Backend:
         self.device_hint = device_hint  # what /health says before any worker has answered
         self.has_been_ready = False
         self.last_info: pb.EngineInfo | None = None
-        self.last_info_at = 0.0
 
     async def info(self) -> pb.EngineInfo | None:
         """One serving worker's info, or None when no worker serves (loading, draining, down)."""
@@ -34,7 +32,7 @@ class Backend:
         except grpc.aio.AioRpcError as exc:
             log.debug("GetInfo failed: %s", exc.code())
             return None
-        self.last_info, self.last_info_at = info, time.monotonic()
+        self.last_info = info
         if info.ready:
             self.has_been_ready = True
         return info if info.ready else None

@@ -7,7 +7,6 @@ import json
 import logging
 import time
 
-import numpy as np
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -93,7 +92,7 @@ async def synthesize(request: web.Request) -> web.Response:
         return error_response(err)
     audio = response.audio
     if fmt.is_wav:
-        audio = wav_bytes_from_pcm16(audio, fmt.sample_rate)
+        audio = wav_bytes(audio, fmt.sample_rate)
     elapsed_s = time.perf_counter() - started
     duration_ms = round(response.duration_ms)
     body: dict[str, object] = {
@@ -112,10 +111,6 @@ async def synthesize(request: web.Request) -> web.Response:
     if duration_ms:
         state.metrics.rtf.labels("synthesize").observe(elapsed_s * 1000 / duration_ms)
     return web.json_response(body)
-
-
-def wav_bytes_from_pcm16(pcm16_le: bytes, sample_rate: int) -> bytes:
-    return wav_bytes(np.frombuffer(pcm16_le, dtype="<i2"), sample_rate)
 
 
 async def metrics(request: web.Request) -> web.Response:
