@@ -104,6 +104,10 @@ EDGE_OPTS = (
     "max_sessions",
     "max_inflight_per_session",
     "request_timeout_s",
+    "max_audio_length_ms",
+    "rate_limit_per_s",
+    "rate_limit_burst",
+    "ws_idle_timeout_s",
 )
 
 
@@ -120,6 +124,18 @@ def _edge_flags(p: argparse.ArgumentParser) -> None:
         "--max-inflight-per-session", type=int, help="requests per session (CSM_MAX_INFLIGHT_PER_SESSION, default 8)"
     )
     g.add_argument("--request-timeout-s", type=float, help="one synthesis (CSM_REQUEST_TIMEOUT_S, default 300)")
+    g.add_argument(
+        "--max-audio-length-ms", type=int, help="largest max_audio_length_ms allowed (CSM_MAX_AUDIO_LENGTH_MS)"
+    )
+    g.add_argument(
+        "--rate-limit-per-s",
+        type=float,
+        help="synthesis requests/s per API key or peer, 0 = off (CSM_RATE_LIMIT_PER_S)",
+    )
+    g.add_argument("--rate-limit-burst", type=int, help="requests allowed at once per client (CSM_RATE_LIMIT_BURST)")
+    g.add_argument(
+        "--ws-idle-timeout-s", type=float, help="close idle WebSocket sessions, 0 = never (CSM_WS_IDLE_TIMEOUT_S)"
+    )
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -116,6 +116,10 @@ class ServiceConfig:
     max_sessions: int = 1000  # open WebSocket sessions per edge process
     max_inflight_per_session: int = 8  # synthesize requests queued or running on one session
     request_timeout_s: float = 300.0  # gRPC deadline of one synthesis
+    max_audio_length_ms: int = 163_840  # the largest max_audio_length_ms a request may ask for
+    rate_limit_per_s: float = 0.0  # synthesis requests per second per API key (or peer); 0 = no limit
+    rate_limit_burst: int = 20  # requests a client may make at once before the rate applies
+    ws_idle_timeout_s: float = 300.0  # close a session with no message and no work for this long; 0 = never
 
 
 _ENV_PREFIX = "CSM_"

@@ -9,6 +9,7 @@ utterances finish (up to the drain deadline), WebSockets close with 1001, exit 0
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from prometheus_client import CollectorRegistry
@@ -53,7 +54,8 @@ async def run_serve(cfg: ServiceConfig) -> int:
     except Exception:
         log.exception("engine failed to start")
         code = 1
-    await grpc_server.drain_and_stop(cfg.drain_timeout_s)
+    edge.begin_drain()  # /health 503 and new work refused first, then accepted work finishes
+    await asyncio.gather(grpc_server.drain_and_stop(cfg.drain_timeout_s), edge.wait_idle(cfg.drain_timeout_s))
     await edge.stop()
     await client.close()
     log.info("stopped")

@@ -19,6 +19,7 @@ from csm_service.config import ServiceConfig, api_keys
 from csm_service.edge import http_api, openapi
 from csm_service.edge.backend import Backend
 from csm_service.edge.errors import TOO_MANY_SESSIONS, UNAUTHORIZED, ApiError
+from csm_service.edge.rate_limit import RateLimiter
 from csm_service.edge.state import STATE, EdgeState
 from csm_service.edge.ws_session import WsSession
 from csm_service.metrics import EdgeMetrics
@@ -27,6 +28,8 @@ from csm_service.rpc.client import EngineClient
 log = logging.getLogger(__name__)
 
 MAX_SESSION_ID_CHARS = 256
+GOING_AWAY, TRY_AGAIN_LATER = 1001, 1013  # WebSocket close codes (RFC 6455, IANA registry)
+HEARTBEAT_S = 30.0  # protocol pings: a peer that vanished without a FIN is noticed and its work cancelled
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 OPEN_PATHS = ("/health", "/ping", "/metrics", "/openapi.json", "/docs")  # no key needed
 
@@ -68,18 +71,29 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     session_id = request.match_info["session_id"]
     if len(session_id) > MAX_SESSION_ID_CHARS:
         raise ApiError(400, "Invalid session id", f"session_id: at most {MAX_SESSION_ID_CHARS} characters")
-    ws = web.WebSocketResponse(max_msg_size=max(4 << 20, 16 * state.cfg.max_ws_message_bytes))
+    ws = web.WebSocketResponse(max_msg_size=max(4 << 20, 16 * state.cfg.max_ws_message_bytes), heartbeat=HEARTBEAT_S)
     if not ws.can_prepare(request).ok:
         raise ApiError(400, "Expected a WebSocket upgrade", "connect with a WebSocket client (ws:// or wss://)")
     presented = bearer_token(request.headers.get("Authorization")) or request.query.get("api_key")
     if state.checker.enabled and presented is not None and not state.checker.is_valid(presented):
         state.metrics.requests.labels("websocket", "unauthorized").inc()
         raise ApiError(401, UNAUTHORIZED, "invalid API key")
+    await ws.prepare(request)
+    if state.draining:  # going away: the client reconnects (to another replica)
+        await ws.close(code=GOING_AWAY, message=b"server shutting down")
+        return ws
     if len(state.sessions) >= state.cfg.max_sessions:
         state.metrics.requests.labels("websocket", "rejected").inc()
-        raise ApiError(503, TOO_MANY_SESSIONS, f"at most {state.cfg.max_sessions} sessions", retry_after_s=1)
-    await ws.prepare(request)
-    session = WsSession(ws, session_id, state, authenticated=not state.checker.enabled or presented is not None)
+        await ws.close(code=TRY_AGAIN_LATER, message=f"{TOO_MANY_SESSIONS} (at most {state.cfg.max_sessions})".encode())
+        return ws
+    session = WsSession(
+        ws,
+        session_id,
+        state,
+        authenticated=not state.checker.enabled or presented is not None,
+        api_key=presented if state.checker.enabled else None,
+        peer=request.remote,
+    )
     state.sessions.add(session)
     state.metrics.sessions.inc()
     try:
@@ -101,7 +115,8 @@ def build_app(
     app = web.Application(client_max_size=cfg.max_body_bytes, middlewares=[json_errors, require_key])
     backend = Backend(client, cfg.request_timeout_s, device_hint)
     checker = checker or KeyChecker(api_keys(cfg))
-    app[STATE] = EdgeState(cfg, backend, registry, metrics or EdgeMetrics(registry), checker)
+    limiter = RateLimiter(cfg.rate_limit_per_s, cfg.rate_limit_burst)
+    app[STATE] = EdgeState(cfg, backend, registry, metrics or EdgeMetrics(registry), checker, limiter)
     app.router.add_get("/health", http_api.health)
     app.router.add_get("/ping", http_api.ping)
     app.router.add_post("/synthesize", http_api.synthesize)
@@ -128,9 +143,24 @@ class EdgeServer:
             await web.TCPSite(self.runner, self.host, self.health_port).start()
             log.info("health checks (/ping, /health) also on port %d", self.health_port)
 
+    def begin_drain(self) -> None:
+        """SIGTERM, first step: health answers 503 and new work is refused; accepted work goes on."""
+        self.app[STATE].draining = True
+        log.info("draining: /health is 503, new requests and sessions are refused")
+
+    async def wait_idle(self, deadline_s: float) -> bool:
+        """Wait until every accepted request is answered, at most ``deadline_s``; True if all were."""
+        state = self.app[STATE]
+        loop = asyncio.get_running_loop()
+        end = loop.time() + deadline_s
+        while not state.is_idle() and loop.time() < end:
+            await asyncio.sleep(0.05)
+        return state.is_idle()
+
     async def stop(self) -> None:
+        """Close every session with 1001 (going away), then the listeners."""
         for session in list(self.app[STATE].sessions):
-            await session.ws.close(code=1001, message=b"server shutting down")
+            await session.ws.close(code=GOING_AWAY, message=b"server shutting down")
         await self.runner.cleanup()
 
 
@@ -152,6 +182,9 @@ async def run_edge(cfg: ServiceConfig) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    server.begin_drain()
+    if not await server.wait_idle(cfg.drain_timeout_s):
+        log.warning("drain deadline (%.0f s) passed with requests unanswered", cfg.drain_timeout_s)
     await server.stop()
     await client.close()
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
 
 import grpc
 
@@ -13,6 +14,7 @@ from csm_service.rpc.gen.csm.v1 import tts_pb2 as pb
 log = logging.getLogger(__name__)
 
 INFO_TIMEOUT_S = 1.0
+RETRIES_ON_UNAVAILABLE = 1  # a request no worker has answered yet is worth one more try elsewhere
 
 
 class Backend:
@@ -42,12 +44,32 @@ class Backend:
         return self.last_info.device if self.last_info is not None and self.last_info.device else self.device_hint
 
     async def synthesize(self, request: pb.SynthesizeRequest) -> pb.SynthesizeResponse:
-        """The whole utterance; raises ApiError."""
-        try:
-            return await self.client.synthesize(request, timeout=self.request_timeout_s)
-        except grpc.aio.AioRpcError as exc:
-            raise from_rpc_error(exc) from None
+        """The whole utterance; raises ApiError. A worker lost before the answer: one retry."""
+        for attempt in range(1 + RETRIES_ON_UNAVAILABLE):
+            try:
+                return await self.client.synthesize(request, timeout=self.request_timeout_s)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.UNAVAILABLE or attempt == RETRIES_ON_UNAVAILABLE:
+                    raise from_rpc_error(exc) from None
+                log.warning("engine call failed (%s: %s); retrying on another worker", exc.code().name, exc.details())
+        raise AssertionError("unreachable")
 
-    def stream(self, request: pb.SynthesizeRequest) -> grpc.aio.UnaryStreamCall:
-        """The streaming call (``async for``; ``cancel()`` frees the engine slot)."""
-        return self.client.synthesize_stream(request, timeout=self.request_timeout_s)
+    async def stream(self, request: pb.SynthesizeRequest) -> AsyncIterator[pb.AudioChunk]:
+        """The utterance's chunks; raises ApiError. Cancelling the consumer cancels the engine call
+        (frees the slot at once). A worker lost before the first chunk: one retry on another; lost
+        after it: WORKER_LOST (audio already sent cannot be taken back)."""
+        for attempt in range(1 + RETRIES_ON_UNAVAILABLE):
+            call = self.client.synthesize_stream(request, timeout=self.request_timeout_s)
+            started = False
+            try:
+                async for chunk in call:
+                    started = True
+                    yield chunk
+                return
+            except grpc.aio.AioRpcError as exc:
+                retry = exc.code() == grpc.StatusCode.UNAVAILABLE and not started
+                if not retry or attempt == RETRIES_ON_UNAVAILABLE:
+                    raise from_rpc_error(exc, started) from None
+                log.warning("engine stream failed (%s: %s); retrying on another worker", exc.code().name, exc.details())
+            finally:
+                call.cancel()

@@ -6,6 +6,8 @@ HTTP bodies are ``{"error": <status title>, "detail": ..., "field"?}``; WebSocke
 
 from __future__ import annotations
 
+import math
+
 import grpc
 
 # The seed contract's texts: clients match on these.
@@ -23,6 +25,9 @@ UNKNOWN_TYPE = "Unknown message type"
 TOO_MANY_IN_FLIGHT = "Too many requests in flight"
 TOO_MANY_SESSIONS = "Too many sessions"
 UNAUTHORIZED = "Unauthorized"
+RATE_LIMITED = "Rate limit exceeded"
+SHUTTING_DOWN = "Shutting down"
+WORKER_LOST = "Engine worker lost"
 
 # The seed's "Error" column for each HTTP status.
 HTTP_TITLES = {
@@ -32,6 +37,7 @@ HTTP_TITLES = {
     405: "Method Not Allowed",
     413: "Payload Too Large",
     422: "Validation Error",
+    429: "Too Many Requests",
     500: "Internal Server Error",
     503: "Service Unavailable",
     504: "Gateway Timeout",
@@ -43,6 +49,7 @@ OUTCOMES = {
     401: "unauthorized",
     413: "too_large",
     422: "invalid",
+    429: "rate_limited",
     500: "error",
     503: "unavailable",
     504: "timeout",
@@ -56,7 +63,7 @@ class ApiError(Exception):
         message: str,
         detail: str | None = None,
         field: str | None = None,
-        retry_after_s: int | None = None,
+        retry_after_s: float | None = None,
         outcome: str | None = None,
     ) -> None:
         super().__init__(f"{message}: {detail}" if detail else message)
@@ -64,7 +71,7 @@ class ApiError(Exception):
         self.message = message
         self.detail = detail
         self.field = field
-        self.retry_after_s = retry_after_s
+        self.retry_after_s = retry_after_s  # HTTP: Retry-After (whole seconds, rounded up); WS: retry_after_ms
         self.outcome = outcome or OUTCOMES.get(status, "error")
 
     def http_body(self) -> dict[str, object]:
@@ -79,14 +86,19 @@ class ApiError(Exception):
             msg["detail"] = self.detail
         if self.field:
             msg["field"] = self.field
+        if self.retry_after_s:
+            msg["retry_after_ms"] = math.ceil(self.retry_after_s * 1000)
         if request_id is not None:
             msg["request_id"] = request_id
         return msg
 
 
-def from_rpc_error(exc: grpc.aio.AioRpcError) -> ApiError:
-    """A failed engine call -> the error the client sees."""
+def from_rpc_error(exc: grpc.aio.AioRpcError, started: bool = False) -> ApiError:
+    """A failed engine call -> the error the client sees. ``started``: audio had already arrived,
+    so an UNAVAILABLE means the worker went away mid-utterance (not that none was ready)."""
     code, details = exc.code(), exc.details() or ""
+    if started and code == grpc.StatusCode.UNAVAILABLE:
+        return ApiError(503, WORKER_LOST, f"the engine worker went away mid-utterance: {details}", retry_after_s=1)
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         field = details.split(":", 1)[0] if ":" in details else None
         if field == "text" and "non-empty" in details:

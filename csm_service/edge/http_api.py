@@ -12,8 +12,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from csm_service import __version__
 from csm_service.audio.wav import wav_bytes
-from csm_service.edge.errors import INVALID_MESSAGE_FORMAT, ApiError
+from csm_service.auth import bearer_token
+from csm_service.edge.errors import INVALID_MESSAGE_FORMAT, RATE_LIMITED, SHUTTING_DOWN, ApiError
 from csm_service.edge.params import parse_speak
+from csm_service.edge.rate_limit import client_id, retry_after_header
 from csm_service.edge.state import STATE
 from csm_service.rpc.formats import FINISH_REASON_NAMES
 
@@ -21,7 +23,7 @@ log = logging.getLogger(__name__)
 
 
 def error_response(err: ApiError) -> web.Response:
-    headers = {"Retry-After": str(err.retry_after_s)} if err.retry_after_s else {}
+    headers = {"Retry-After": str(retry_after_header(err.retry_after_s))} if err.retry_after_s else {}
     if err.status == 401:
         headers["WWW-Authenticate"] = "Bearer"
     return web.json_response(err.http_body(), status=err.status, headers=headers or None)
@@ -32,8 +34,12 @@ async def health(request: web.Request) -> web.Response:
     state = request.app[STATE]
     backend = state.backend
     info = await backend.info()
+    if state.draining:
+        info = None
     body: dict[str, object] = {
-        "status": "healthy" if info else ("unavailable" if backend.has_been_ready else "loading"),
+        "status": "draining"
+        if state.draining
+        else ("healthy" if info else ("unavailable" if backend.has_been_ready else "loading")),
         "model_loaded": info is not None,
         "device": backend.device,
         "version": __version__,
@@ -58,7 +64,10 @@ async def health(request: web.Request) -> web.Response:
 
 async def ping(request: web.Request) -> web.Response:
     """RunPod's load-balancer convention: 200 ready, 204 still initializing, 503 unavailable."""
-    backend = request.app[STATE].backend
+    state = request.app[STATE]
+    backend = state.backend
+    if state.draining:
+        return web.json_response({"status": "draining"}, status=503)
     if await backend.info() is not None:
         return web.json_response({"status": "healthy"})
     if not backend.has_been_ready:
@@ -79,12 +88,33 @@ async def read_json(request: web.Request) -> object:
         raise ApiError(400, INVALID_MESSAGE_FORMAT, f"invalid JSON: {exc}") from None
 
 
+def admit(request: web.Request) -> None:
+    """Refuse new work while draining, and over the client's request rate (ApiError 503 / 429)."""
+    state = request.app[STATE]
+    if state.draining:
+        raise ApiError(503, SHUTTING_DOWN, "this server is draining; retry on another", retry_after_s=5)
+    key = bearer_token(request.headers.get("Authorization")) if state.checker.enabled else None
+    wait_s = state.limiter.acquire(client_id(key, request.remote))
+    if wait_s:
+        raise ApiError(429, RATE_LIMITED, f"over {state.limiter.rate_per_s:g} requests/s", retry_after_s=wait_s)
+
+
 async def synthesize(request: web.Request) -> web.Response:
     """The whole utterance: base64 WAV at 24 kHz, or raw G.711 mu-law at 8 kHz (``mulaw_8khz``)."""
     state = request.app[STATE]
     started = time.perf_counter()
+    state.http_inflight += 1
     try:
-        params = parse_speak(await read_json(request), state.cfg.max_text_chars)
+        return await _synthesize(request, started)
+    finally:
+        state.http_inflight -= 1
+
+
+async def _synthesize(request: web.Request, started: float) -> web.Response:
+    state = request.app[STATE]
+    try:
+        admit(request)
+        params = parse_speak(await read_json(request), state.cfg.max_text_chars, state.cfg.max_audio_length_ms)
         fmt = params.output_format
         response = await state.backend.synthesize(params.to_proto(fmt.encoding))
     except ApiError as err:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import copy
 import html
 import json
 
 from aiohttp import web
 
 from csm_service import __version__
-from csm_service.edge.params import DEFAULT_MAX_AUDIO_MS, HTTP_FORMATS
+from csm_service.edge.params import DEFAULT_MAX_AUDIO_MS, ENGINE_MAX_AUDIO_MS, HTTP_FORMATS
+from csm_service.edge.state import STATE
 
 ERROR = {"$ref": "#/components/schemas/Error"}
 
@@ -56,7 +58,7 @@ SCHEMAS: dict[str, dict] = {
                 "type": "integer",
                 "default": DEFAULT_MAX_AUDIO_MS,
                 "minimum": 80,
-                "maximum": 163840,
+                "maximum": ENGINE_MAX_AUDIO_MS,
                 "description": "Max audio length in ms",
             },
             "output_format": {
@@ -104,11 +106,22 @@ Server messages: `{"type": "audio", "audio_base64", "duration_ms", "generation_t
 "real_time_factor", "finish_reason", "seed"}`), `{"type": "pong"}`, `{"type": "authenticated"}`, `{"type": "cancelled", "request_id",
 "request_ids"}`, `{"type": "error", "error", "detail"?}` with errors "Model not loaded",
 "Invalid message format", "Empty text", "Text too long", "Message too large", "Unknown message type",
-"Too many requests in flight", "Overloaded", "Synthesis failed". Replies to synthesize requests come in
-the order the requests were sent. Audio is G.711 mu-law, 8000 Hz, mono, no header (Twilio-ready)."""
+"Too many requests in flight", "Rate limit exceeded" (with `retry_after_ms`), "Overloaded", "Shutting down",
+"Synthesis failed". Replies to synthesize requests come in the order the requests were sent. Audio is
+G.711 mu-law, 8000 Hz, mono, no header (Twilio-ready). Close codes: 1008 authentication failed,
+1013 too many sessions (try again later), 1001 server shutting down (after in-flight requests finish),
+1000 "idle timeout" after `CSM_WS_IDLE_TIMEOUT_S` with no message and no work (send `ping` to keep
+a quiet session open)."""
 
 
-def build_spec() -> dict:
+def build_spec(max_audio_ms: int = ENGINE_MAX_AUDIO_MS, max_text_chars: int | None = None) -> dict:
+    """The spec, with this server's own bounds in the request schema."""
+    schemas = copy.deepcopy(SCHEMAS)
+    props = schemas["SynthesizeRequest"]["properties"]
+    props["max_audio_length_ms"]["maximum"] = max_audio_ms
+    props["max_audio_length_ms"]["default"] = min(DEFAULT_MAX_AUDIO_MS, max_audio_ms)
+    if max_text_chars is not None:
+        props["text"]["maxLength"] = max_text_chars
     return {
         "openapi": "3.1.0",
         "info": {
@@ -153,6 +166,7 @@ def build_spec() -> dict:
                         "401": _error("API keys are configured and none or a wrong one was sent"),
                         "413": _error("Request body too large"),
                         "422": _error("Field validation failed"),
+                        "429": _error("Rate limit exceeded for this API key (Retry-After)"),
                         "500": _error("Synthesis failed"),
                         "503": _error("Model not loaded, or overloaded (Retry-After)"),
                         "504": _error("Synthesis took longer than the request timeout"),
@@ -178,7 +192,7 @@ def build_spec() -> dict:
                         "101": {"description": "Switching protocols to WebSocket"},
                         "400": _error("Not a WebSocket upgrade request, or a bad session id"),
                         "401": _error("Wrong API key in the Authorization header or the api_key parameter"),
-                        "503": _error("Too many sessions"),
+                        "503": _error("Server draining or not ready"),
                     },
                 }
             },
@@ -191,7 +205,7 @@ def build_spec() -> dict:
             },
         },
         "components": {
-            "schemas": SCHEMAS,
+            "schemas": schemas,
             "securitySchemes": {  # only enforced when the server has API keys (CSM_API_KEYS)
                 "bearer": {"type": "http", "scheme": "bearer"},
                 "api_key": {"type": "apiKey", "in": "query", "name": "api_key"},
@@ -201,7 +215,8 @@ def build_spec() -> dict:
 
 
 async def openapi_json(request: web.Request) -> web.Response:
-    return web.json_response(build_spec())
+    cfg = request.app[STATE].cfg
+    return web.json_response(build_spec(cfg.max_audio_length_ms, cfg.max_text_chars))
 
 
 def _render_schema(schema: dict, spec: dict) -> str:
@@ -248,4 +263,7 @@ def render_docs(spec: dict) -> str:
 
 
 async def docs(request: web.Request) -> web.Response:
-    return web.Response(text=render_docs(build_spec()), content_type="text/html")
+    cfg = request.app[STATE].cfg
+    return web.Response(
+        text=render_docs(build_spec(cfg.max_audio_length_ms, cfg.max_text_chars)), content_type="text/html"
+    )

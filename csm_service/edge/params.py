@@ -15,6 +15,8 @@ from csm_service.edge.errors import EMPTY_TEXT, INVALID_MESSAGE_FORMAT, TEXT_TOO
 from csm_service.rpc.gen.csm.v1 import tts_pb2 as pb
 
 DEFAULT_MAX_AUDIO_MS = 30_000
+MIN_AUDIO_MS = 80  # one frame
+ENGINE_MAX_AUDIO_MS = 163_840  # 2048 positions of 80 ms: no utterance can be longer
 DEFAULT_VOICE = "default"
 MAX_REQUEST_ID_CHARS = 128
 MAX_INT32, MAX_UINT32, MAX_SEED = 2**31 - 1, 2**32 - 1, 2**63 - 1  # the proto fields' ranges
@@ -101,9 +103,9 @@ def _string(body: dict, field: str, default: str | None, max_chars: int = 256) -
     return value
 
 
-def parse_speak(body: object, max_text_chars: int) -> SpeakParams:
+def parse_speak(body: object, max_text_chars: int, max_audio_ms: int = ENGINE_MAX_AUDIO_MS) -> SpeakParams:
     """A JSON object -> SpeakParams. Raises ApiError: 400 for a non-object or a missing ``text``,
-    422 for a field of the wrong type or value."""
+    422 for a field of the wrong type or value (``max_audio_length_ms`` above ``max_audio_ms``)."""
     if not isinstance(body, dict):
         raise ApiError(400, INVALID_MESSAGE_FORMAT, f"expected a JSON object, got {type(body).__name__}")
     if "text" not in body or body["text"] is None:
@@ -131,7 +133,9 @@ def parse_speak(body: object, max_text_chars: int) -> SpeakParams:
     return SpeakParams(
         text=text,
         speaker=_integer(body, "speaker", 0, 0, MAX_INT32),  # type: ignore[arg-type]
-        max_audio_length_ms=_integer(body, "max_audio_length_ms", DEFAULT_MAX_AUDIO_MS, 1, MAX_UINT32),  # type: ignore[arg-type]
+        max_audio_length_ms=_integer(  # type: ignore[arg-type]
+            body, "max_audio_length_ms", min(DEFAULT_MAX_AUDIO_MS, max_audio_ms), MIN_AUDIO_MS, max_audio_ms
+        ),
         output_format=fmt,
         voice_profile_id=voice,
         temperature=float(temperature) if temperature is not None else None,

@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry
 from csm_service.auth import KeyChecker
 from csm_service.config import ServiceConfig
 from csm_service.edge.backend import Backend
+from csm_service.edge.rate_limit import RateLimiter
 from csm_service.metrics import EdgeMetrics
 
 
@@ -20,7 +21,14 @@ class EdgeState:
     registry: CollectorRegistry
     metrics: EdgeMetrics
     checker: KeyChecker = field(default_factory=lambda: KeyChecker(()))
+    limiter: RateLimiter = field(default_factory=lambda: RateLimiter(0.0, 1))
     sessions: set = field(default_factory=set)  # open WsSession objects
+    draining: bool = False  # SIGTERM: refuse new work, let accepted work finish
+    http_inflight: int = 0  # HTTP synthesis requests being answered
+
+    def is_idle(self) -> bool:
+        """No accepted request is still unanswered (HTTP or any WebSocket session)."""
+        return self.http_inflight == 0 and not any(s.jobs for s in self.sessions)
 
 
 STATE = web.AppKey("state", EdgeState)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import itertools
 import json
 import logging
@@ -19,19 +20,20 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-import grpc
 from aiohttp import WSMsgType, web
 
 from csm_service.edge.errors import (
     INVALID_MESSAGE_FORMAT,
     MESSAGE_TOO_LARGE,
+    RATE_LIMITED,
+    SHUTTING_DOWN,
     SYNTHESIS_FAILED,
     TOO_MANY_IN_FLIGHT,
     UNKNOWN_TYPE,
     ApiError,
-    from_rpc_error,
 )
 from csm_service.edge.params import SpeakParams, parse_speak
+from csm_service.edge.rate_limit import client_id
 from csm_service.edge.state import EdgeState
 from csm_service.rpc.formats import FINISH_REASON_NAMES
 from csm_service.rpc.gen.csm.v1 import tts_pb2 as pb
@@ -43,6 +45,7 @@ MULAW_BYTES_PER_MS = 8
 KNOWN_TYPES = ("synthesize", "ping", "close", "cancel", "auth")
 AUTH_TIMEOUT_S = 10.0  # with API keys and none at the upgrade: the first message must be "auth"
 POLICY_VIOLATION = 1008
+NORMAL_CLOSURE = 1000
 _request_ids = itertools.count(1)
 
 
@@ -61,12 +64,35 @@ def _ms(num_bytes: int) -> int:
     return round(num_bytes / MULAW_BYTES_PER_MS)
 
 
+def _chunk_message(chunk: pb.AudioChunk, chunk_index: int, elapsed_ms: int, echo: dict) -> dict[str, object]:
+    """One streamed ``audio`` reply."""
+    return {
+        "type": "audio",
+        "audio_base64": base64.b64encode(chunk.audio).decode("ascii"),
+        "duration_ms": _ms(len(chunk.audio)),
+        "generation_time_ms": elapsed_ms,
+        "format": WS_FORMAT,
+        **echo,
+        "chunk_index": chunk_index,
+        "final": chunk.final,
+    }
+
+
 class WsSession:
     def __init__(
-        self, ws: web.WebSocketResponse, session_id: str, state: EdgeState, authenticated: bool = True
+        self,
+        ws: web.WebSocketResponse,
+        session_id: str,
+        state: EdgeState,
+        authenticated: bool = True,
+        api_key: str | None = None,
+        peer: str | None = None,
     ) -> None:
         self.ws = ws
         self.authenticated = authenticated
+        self.client = client_id(api_key, peer)  # the rate limiter's bucket
+        self.peer = peer
+        self.last_activity = time.monotonic()  # last message in or last request answered
         self.session_id = session_id
         self.state = state
         self.cfg = state.cfg
@@ -94,13 +120,16 @@ class WsSession:
                     await self.send(reply)
             if self.jobs and self.jobs[0] is job:
                 self.jobs.popleft()
+            self.last_activity = time.monotonic()
 
     # -- receiving -------------------------------------------------------------------------------
     async def run(self) -> None:
         sender = asyncio.create_task(self._sender())
         deadline = None if self.authenticated else asyncio.create_task(self._auth_deadline())
+        idle = asyncio.create_task(self._idle_watch()) if self.cfg.ws_idle_timeout_s > 0 else None
         try:
             async for msg in self.ws:
+                self.last_activity = time.monotonic()
                 if msg.type == WSMsgType.TEXT:
                     await self._on_text(msg.data)
                 elif msg.type == WSMsgType.BINARY:
@@ -118,8 +147,9 @@ class WsSession:
             self._cancel_jobs(None)
             await asyncio.sleep(0)  # let cancelled jobs release their engine calls
             sender.cancel()
-            if deadline is not None:
-                deadline.cancel()
+            for task in (deadline, idle):
+                if task is not None:
+                    task.cancel()
             if not self.ws.closed:
                 await self.ws.close()
 
@@ -167,6 +197,21 @@ class WsSession:
                 ApiError(400, UNKNOWN_TYPE, f"type {kind[:64]!r} is not one of {', '.join(KNOWN_TYPES)}").ws_message()
             )
 
+    async def _idle_watch(self) -> None:
+        """Close the session after ``ws_idle_timeout_s`` with no message in and no work pending."""
+        timeout = self.cfg.ws_idle_timeout_s
+        while not self.ws.closed:
+            remaining = self.last_activity + timeout - time.monotonic()
+            if remaining > 0:
+                await asyncio.sleep(remaining)
+            elif self.jobs:  # answering is not idle: wait for the answer, then count again
+                self.last_activity = time.monotonic()
+            else:
+                log.info("session %s: idle for %.0f s, closing", self.session_id[:64], timeout)
+                self.state.metrics.requests.labels("websocket", "idle_timeout").inc()
+                await self.ws.close(code=NORMAL_CLOSURE, message=b"idle timeout")
+                return
+
     async def _auth_deadline(self) -> None:
         await asyncio.sleep(AUTH_TIMEOUT_S)
         if not self.authenticated:
@@ -177,6 +222,7 @@ class WsSession:
         key = message.get("api_key") if message is not None else None
         if isinstance(key, str) and self.state.checker.is_valid(key):
             self.authenticated = True
+            self.client = client_id(key, self.peer)
             await self.send({"type": "authenticated"})
             return
         self.state.metrics.requests.labels("websocket", "unauthorized").inc()
@@ -188,7 +234,14 @@ class WsSession:
         raw_id = message.get("request_id")
         echo_id = raw_id if isinstance(raw_id, str) else None
         try:
-            params = parse_speak(message, self.cfg.max_text_chars)
+            if self.state.draining:
+                raise ApiError(503, SHUTTING_DOWN, "this server is draining; reconnect to another", retry_after_s=5)
+            wait_s = self.state.limiter.acquire(self.client)
+            if wait_s:
+                raise ApiError(
+                    429, RATE_LIMITED, f"over {self.state.limiter.rate_per_s:g} requests/s", retry_after_s=wait_s
+                )
+            params = parse_speak(message, self.cfg.max_text_chars, self.cfg.max_audio_length_ms)
             if len(self.jobs) >= self.cfg.max_inflight_per_session:
                 raise ApiError(
                     429,
@@ -234,43 +287,23 @@ class WsSession:
         params, metrics = job.params, self.state.metrics
         endpoint = "ws_stream" if params.stream else "ws_synthesize"
         echo = {"request_id": job.request_id} if params.stream or params.request_id else {}
-        call = self.state.backend.stream(params.to_proto(pb.MULAW_8KHZ))
         parts: list[bytes] = []
         chunk_index = 0
         try:
-            async for chunk in call:
-                elapsed_ms = round((time.perf_counter() - job.received_at) * 1000)
-                if not params.stream:
+            async with contextlib.aclosing(self.state.backend.stream(params.to_proto(pb.MULAW_8KHZ))) as chunks:
+                async for chunk in chunks:
+                    elapsed_ms = round((time.perf_counter() - job.received_at) * 1000)
                     parts.append(chunk.audio)
-                else:
-                    job.replies.put_nowait(
-                        {
-                            "type": "audio",
-                            "audio_base64": base64.b64encode(chunk.audio).decode("ascii"),
-                            "duration_ms": _ms(len(chunk.audio)),
-                            "generation_time_ms": elapsed_ms,
-                            "format": WS_FORMAT,
-                            **echo,
-                            "chunk_index": chunk_index,
-                            "final": chunk.final,
-                        }
-                    )
-                    chunk_index += 1
-                    parts.append(chunk.audio)
-                    if job.first_audio_ms is None:
-                        job.first_audio_ms = elapsed_ms
-                        metrics.ttfa.labels(endpoint).observe(elapsed_ms / 1000)
-                if chunk.final:
-                    self._finish(job, chunk, b"".join(parts), chunk_index, echo, endpoint)
-                    return
+                    if params.stream:
+                        job.replies.put_nowait(_chunk_message(chunk, chunk_index, elapsed_ms, echo))
+                        chunk_index += 1
+                        if job.first_audio_ms is None:
+                            job.first_audio_ms = elapsed_ms
+                            metrics.ttfa.labels(endpoint).observe(elapsed_ms / 1000)
+                    if chunk.final:
+                        self._finish(job, chunk, b"".join(parts), chunk_index, echo, endpoint)
+                        return
             raise ApiError(500, SYNTHESIS_FAILED, "the engine ended the stream without a final chunk")
-        except asyncio.CancelledError:
-            call.cancel()  # frees the engine slot at once
-            raise
-        except grpc.aio.AioRpcError as exc:
-            err = from_rpc_error(exc)
-            metrics.requests.labels(endpoint, err.outcome).inc()
-            job.replies.put_nowait(err.ws_message(job.request_id if echo else None))
         except ApiError as err:
             metrics.requests.labels(endpoint, err.outcome).inc()
             job.replies.put_nowait(err.ws_message(job.request_id if echo else None))

@@ -68,6 +68,11 @@ class EngineClient:
                 ("grpc.enable_retries", 1),
                 ("grpc.keepalive_time_ms", 10_000),
                 ("grpc.keepalive_timeout_ms", 5_000),
+                # A worker that comes back is used again within seconds (gRPC's default backoff grows
+                # to 120 s between reconnection attempts).
+                ("grpc.initial_reconnect_backoff_ms", 500),
+                ("grpc.min_reconnect_backoff_ms", 500),
+                ("grpc.max_reconnect_backoff_ms", 5_000),
                 ("grpc.max_receive_message_length", 64 * 1024 * 1024),
             ],
         )
