@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 MOSHI_SPEC ?= moshi==0.2.13
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-gpu gpu-report lint format proto bench run clean
+.PHONY: install test test-gpu gpu-report lint format proto bench loadtest run clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -36,6 +36,11 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m csm_service.cli bench $(or $(BENCH_ARGS),frame)
 	$(PY) -m csm_service.cli bench engine
+
+# 3 rounds of 200 WebSocket sessions (2 streamed requests each) + 20 HTTP clients against a spawned
+# tiny-random server on loopback; then SIGTERM, which must drain and exit 0. JSON in bench-results/.
+loadtest: $(STAMP)
+	$(PY) -m csm_service.cli loadtest --spawn --rounds 3 --json bench-results/loadtest.json $(LOADTEST_ARGS)
 
 # On a CUDA machine: the GPU tests, then both benchmarks at full size (JSON in bench-results/).
 gpu-report: $(STAMP)

@@ -176,6 +176,12 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_loadtest(args: argparse.Namespace) -> int:
+    from csm_service.loadtest import main as loadtest_main
+
+    return loadtest_main(args.rest)
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from csm_service.bench import main as bench_main
 
@@ -229,11 +235,20 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="benchmarks (JSON + table); see csm-service bench -h")
     bench.add_argument("rest", nargs=argparse.REMAINDER)
     bench.set_defaults(func=cmd_bench)
+
+    loadtest = sub.add_parser("loadtest", help="concurrent WebSocket + HTTP load; see csm-service loadtest -h")
+    loadtest.add_argument("rest", nargs=argparse.REMAINDER)
+    loadtest.set_defaults(func=cmd_loadtest)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and args.command in ("loadtest", "bench"):  # their flags belong to their own parsers
+        args.rest = [*unknown, *args.rest]
+    elif unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return int(args.func(args) or 0)
 

@@ -59,8 +59,9 @@ class Process:
         self._log.close()
 
 
-def start_engine(tmp: Path, *extra: str) -> tuple[Process, int, int]:
-    grpc_port, metrics_port = free_port(), free_port()
+def start_engine(tmp: Path, *extra: str, grpc_port: int = 0) -> tuple[Process, int, int]:
+    """``csm-service engine --model tiny-random``; returns the process, its gRPC and metrics ports."""
+    grpc_port, metrics_port = grpc_port or free_port(), free_port()
     proc = Process(
         [
             "engine",
@@ -74,7 +75,7 @@ def start_engine(tmp: Path, *extra: str) -> tuple[Process, int, int]:
             str(metrics_port),
             *extra,
         ],
-        tmp / f"engine-{grpc_port}.log",
+        tmp / f"engine-{grpc_port}-{metrics_port}.log",
     )
     return proc, grpc_port, metrics_port
 
