@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 MOSHI_SPEC ?= moshi==0.2.13
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-gpu gpu-report lint format proto bench loadtest run clean
+.PHONY: install test test-gpu gpu-report lint format proto bench loadtest fuzz run clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -41,6 +41,10 @@ bench: $(STAMP)
 # tiny-random server on loopback; then SIGTERM, which must drain and exit 0. JSON in bench-results/.
 loadtest: $(STAMP)
 	$(PY) -m csm_service.cli loadtest --spawn --rounds 3 --json bench-results/loadtest.json $(LOADTEST_ARGS)
+
+# The fuzz tests with random seeds and many more examples than the suite's fixed, short run.
+fuzz: $(STAMP)
+	CSM_FUZZ_EXAMPLES=$(or $(FUZZ_EXAMPLES),1000) $(PY) -m pytest -q -rs -s tests/integration/test_fuzz.py
 
 # On a CUDA machine: the GPU tests, then both benchmarks at full size (JSON in bench-results/).
 gpu-report: $(STAMP)

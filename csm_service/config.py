@@ -16,6 +16,7 @@ TINY_RANDOM = "tiny-random"
 SAMPLE_RATE = 24_000  # Mimi's output rate
 FRAME_MS = 80  # one CSM frame = one Mimi frame = 80 ms
 SAMPLES_PER_FRAME = SAMPLE_RATE * FRAME_MS // 1000  # 1920
+NUM_MIMI_CODES = 2048  # codes per Mimi codebook (the audio vocabulary's 3 extra ids never reach Mimi)
 
 
 @dataclass(frozen=True)

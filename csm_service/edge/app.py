@@ -56,8 +56,11 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
+        headers = {k: v for k, v in exc.headers.items() if k in ("Allow",)}  # 405 must say what is allowed
         return web.json_response(
-            {"error": exc.reason, "detail": f"{request.method} {request.path}: {exc.reason}"}, status=exc.status
+            {"error": exc.reason, "detail": f"{request.method} {request.path}: {exc.reason}"},
+            status=exc.status,
+            headers=headers or None,
         )
     except asyncio.CancelledError:
         raise
@@ -73,7 +76,9 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         raise ApiError(400, "Invalid session id", f"session_id: at most {MAX_SESSION_ID_CHARS} characters")
     ws = web.WebSocketResponse(max_msg_size=max(4 << 20, 16 * state.cfg.max_ws_message_bytes), heartbeat=HEARTBEAT_S)
     if not ws.can_prepare(request).ok:
-        raise ApiError(400, "Expected a WebSocket upgrade", "connect with a WebSocket client (ws:// or wss://)")
+        raise ApiError(
+            426, "Expected a WebSocket upgrade", "connect with a WebSocket client (ws:// or wss://)", upgrade=True
+        )
     presented = bearer_token(request.headers.get("Authorization")) or request.query.get("api_key")
     if state.checker.enabled and presented is not None and not state.checker.is_valid(presented):
         state.metrics.requests.labels("websocket", "unauthorized").inc()

@@ -37,6 +37,7 @@ HTTP_TITLES = {
     405: "Method Not Allowed",
     413: "Payload Too Large",
     422: "Validation Error",
+    426: "Upgrade Required",
     429: "Too Many Requests",
     500: "Internal Server Error",
     503: "Service Unavailable",
@@ -49,6 +50,7 @@ OUTCOMES = {
     401: "unauthorized",
     413: "too_large",
     422: "invalid",
+    426: "bad_request",
     429: "rate_limited",
     500: "error",
     503: "unavailable",
@@ -65,6 +67,7 @@ class ApiError(Exception):
         field: str | None = None,
         retry_after_s: float | None = None,
         outcome: str | None = None,
+        upgrade: bool = False,
     ) -> None:
         super().__init__(f"{message}: {detail}" if detail else message)
         self.status = status
@@ -73,6 +76,7 @@ class ApiError(Exception):
         self.field = field
         self.retry_after_s = retry_after_s  # HTTP: Retry-After (whole seconds, rounded up); WS: retry_after_ms
         self.outcome = outcome or OUTCOMES.get(status, "error")
+        self.upgrade = upgrade  # 426: answer with "Upgrade: websocket"
 
     def http_body(self) -> dict[str, object]:
         body: dict[str, object] = {"error": HTTP_TITLES.get(self.status, "Error"), "detail": str(self)}

@@ -26,6 +26,8 @@ def error_response(err: ApiError) -> web.Response:
     headers = {"Retry-After": str(retry_after_header(err.retry_after_s))} if err.retry_after_s else {}
     if err.status == 401:
         headers["WWW-Authenticate"] = "Bearer"
+    if err.upgrade:
+        headers.update({"Upgrade": "websocket", "Connection": "Upgrade"})
     return web.json_response(err.http_body(), status=err.status, headers=headers or None)
 
 

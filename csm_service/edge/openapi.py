@@ -9,7 +9,15 @@ import json
 from aiohttp import web
 
 from csm_service import __version__
-from csm_service.edge.params import DEFAULT_MAX_AUDIO_MS, ENGINE_MAX_AUDIO_MS, HTTP_FORMATS
+from csm_service.config import NUM_MIMI_CODES
+from csm_service.edge.params import (
+    DEFAULT_MAX_AUDIO_MS,
+    ENGINE_MAX_AUDIO_MS,
+    HTTP_FORMATS,
+    MAX_INT32,
+    MAX_SEED,
+    MIN_TEMPERATURE,
+)
 from csm_service.edge.state import STATE
 
 ERROR = {"$ref": "#/components/schemas/Error"}
@@ -53,7 +61,13 @@ SCHEMAS: dict[str, dict] = {
         "required": ["text"],
         "properties": {
             "text": {"type": "string", "minLength": 1, "description": "Text to synthesize"},
-            "speaker": {"type": "integer", "default": 0, "minimum": 0, "description": "Speaker ID (0-based)"},
+            "speaker": {
+                "type": "integer",
+                "default": 0,
+                "minimum": 0,
+                "maximum": MAX_INT32,
+                "description": "Speaker ID (0-based)",
+            },
             "max_audio_length_ms": {
                 "type": "integer",
                 "default": DEFAULT_MAX_AUDIO_MS,
@@ -67,10 +81,26 @@ SCHEMAS: dict[str, dict] = {
                 "enum": sorted(HTTP_FORMATS),
                 "description": '"wav" (24 kHz WAV file) or "mulaw" (raw G.711 mu-law, 8 kHz); raw extensions',
             },
-            "voice_profile_id": {"type": "string", "default": "default"},
-            "temperature": {"type": "number", "exclusiveMinimum": 0, "maximum": 5, "default": 0.9},
-            "top_k": {"type": "integer", "minimum": 1, "maximum": 2051, "default": 50},
-            "seed": {"type": "integer", "minimum": 0, "description": "same seed and inputs, same audio"},
+            "voice_profile_id": {
+                "type": "string",
+                "default": "default",
+                "enum": ["default"],
+                "description": "A voice profile on this server",
+            },
+            "temperature": {
+                "type": "number",
+                "exclusiveMinimum": 0,
+                "maximum": 5,
+                "default": 0.9,
+                "description": f"values below {MIN_TEMPERATURE:g} sample as {MIN_TEMPERATURE:g} (greedy)",
+            },
+            "top_k": {"type": "integer", "minimum": 1, "maximum": NUM_MIMI_CODES, "default": 50},
+            "seed": {
+                "type": "integer",
+                "minimum": 0,
+                "maximum": MAX_SEED,
+                "description": "same seed and inputs, same audio",
+            },
             "request_id": {"type": "string", "maxLength": 128, "description": "echoed back"},
         },
     },
@@ -122,6 +152,11 @@ def build_spec(max_audio_ms: int = ENGINE_MAX_AUDIO_MS, max_text_chars: int | No
     props["max_audio_length_ms"]["default"] = min(DEFAULT_MAX_AUDIO_MS, max_audio_ms)
     if max_text_chars is not None:
         props["text"]["maxLength"] = max_text_chars
+    for name, prop in props.items():  # every optional field: null means "not given"
+        if name != "text":
+            prop["type"] = [prop["type"], "null"]
+            if "enum" in prop:
+                prop["enum"] = [*prop["enum"], None]
     return {
         "openapi": "3.1.0",
         "info": {
@@ -190,7 +225,8 @@ def build_spec(max_audio_ms: int = ENGINE_MAX_AUDIO_MS, max_text_chars: int | No
                     ],
                     "responses": {
                         "101": {"description": "Switching protocols to WebSocket"},
-                        "400": _error("Not a WebSocket upgrade request, or a bad session id"),
+                        "400": _error("A bad session id"),
+                        "426": _error("Not a WebSocket upgrade request"),
                         "401": _error("Wrong API key in the Authorization header or the api_key parameter"),
                         "503": _error("Server draining or not ready"),
                     },

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from csm_service.config import NUM_MIMI_CODES
 from csm_service.edge.errors import EMPTY_TEXT, INVALID_MESSAGE_FORMAT, TEXT_TOO_LONG, UNKNOWN_VOICE, ApiError
 from csm_service.rpc.gen.csm.v1 import tts_pb2 as pb
 
@@ -20,6 +21,8 @@ ENGINE_MAX_AUDIO_MS = 163_840  # 2048 positions of 80 ms: no utterance can be lo
 DEFAULT_VOICE = "default"
 MAX_REQUEST_ID_CHARS = 128
 MAX_INT32, MAX_UINT32, MAX_SEED = 2**31 - 1, 2**32 - 1, 2**63 - 1  # the proto fields' ranges
+MAX_TEMPERATURE = 5.0
+MIN_TEMPERATURE = 1e-6  # the proto's float32 would turn 5e-324 into 0; this low, sampling is argmax anyway
 
 
 @dataclass(frozen=True)
@@ -125,8 +128,12 @@ def parse_speak(body: object, max_text_chars: int, max_audio_ms: int = ENGINE_MA
     if voice != DEFAULT_VOICE:
         raise ApiError(422, UNKNOWN_VOICE, f"voice_profile_id: no voice profile {voice!r}", "voice_profile_id")
     temperature = body.get("temperature")
-    if temperature is not None and (isinstance(temperature, bool) or not isinstance(temperature, (int, float))):
-        raise _invalid("temperature", f"must be a number, got {type(temperature).__name__}")
+    if temperature is not None:
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+            raise _invalid("temperature", f"must be a number, got {type(temperature).__name__}")
+        if not (math.isfinite(temperature) and 0 < temperature <= MAX_TEMPERATURE):
+            raise _invalid("temperature", f"must be in (0, {MAX_TEMPERATURE:g}], got {temperature!r}")
+        temperature = max(float(temperature), MIN_TEMPERATURE)
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise _invalid("stream", f"must be true or false, got {type(stream).__name__}")
@@ -139,7 +146,7 @@ def parse_speak(body: object, max_text_chars: int, max_audio_ms: int = ENGINE_MA
         output_format=fmt,
         voice_profile_id=voice,
         temperature=float(temperature) if temperature is not None else None,
-        top_k=_integer(body, "top_k", None, 1, MAX_UINT32),
+        top_k=_integer(body, "top_k", None, 1, NUM_MIMI_CODES),
         seed=_integer(body, "seed", None, 0, MAX_SEED),
         request_id=_string(body, "request_id", None, MAX_REQUEST_ID_CHARS),
         stream=stream,

@@ -7,13 +7,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from csm_service.config import FRAME_MS
+from csm_service.config import FRAME_MS, NUM_MIMI_CODES
 
 MAX_TEXT_CHARS = 4000
 MAX_TEMPERATURE = 5.0
 MAX_SEED = 2**63 - 1
 MAX_SPEAKER = 2**31 - 1
-NUM_MIMI_CODES = 2048
 
 
 class InvalidRequest(ValueError):

@@ -158,8 +158,10 @@ async def test_unknown_route_and_method_are_json(served):
             assert resp.status == 404 and (await resp.json())["error"] == "Not Found"
         async with http.get(served.url + "/synthesize") as resp:
             assert resp.status == 405 and (await resp.json())["error"] == "Method Not Allowed"
+            assert "POST" in resp.headers["Allow"]  # RFC 9110: a 405 lists what is allowed
         async with http.get(served.url + "/v1/native/ws/plain-get") as resp:
-            assert resp.status == 400 and "WebSocket" in (await resp.json())["detail"]
+            assert resp.status == 426 and resp.headers["Upgrade"] == "websocket"
+            assert "WebSocket" in (await resp.json())["detail"]
 
 
 async def test_websocket_ping_pong_and_close(served):
