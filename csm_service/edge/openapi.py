@@ -84,8 +84,8 @@ SCHEMAS: dict[str, dict] = {
             "voice_profile_id": {
                 "type": "string",
                 "default": "default",
-                "enum": ["default"],
-                "description": "A voice profile on this server",
+                "enum": ["default", ""],
+                "description": 'A voice profile on this server; empty or null: "default"',
             },
             "temperature": {
                 "type": "number",

@@ -68,6 +68,9 @@ async def test_killing_one_worker_fails_only_its_requests(tmp_path):
             failed = [(reply, at) for reply, at in endings if reply["type"] == "error"]
             finished = [reply for reply, _ in endings if reply["type"] == "done"]
             assert len(failed) == held_by_a and len(finished) == STREAMS - held_by_a, endings
+            print(
+                f"worker killed: {len(failed)} utterances failed after", [f"{at - killed_at:.3f} s" for _, at in failed]
+            )
             for reply, at in failed:
                 assert reply["error"] == "Engine worker lost", reply
                 assert at - killed_at < 1.0, f"the error took {at - killed_at:.2f} s"
@@ -96,10 +99,11 @@ async def test_killing_one_worker_fails_only_its_requests(tmp_path):
                     assert (await ws.receive_json(timeout=60))["type"] == "audio"
                 return _requests(metrics_a2) > 0
 
-            deadline = time.monotonic() + 30
+            back_at = time.monotonic()
             while not await one_round():
-                assert time.monotonic() < deadline, "the edge never used the returned worker"
+                assert time.monotonic() < back_at + 30, "the edge never used the returned worker"
                 await asyncio.sleep(0.5)
+            print(f"returned worker served again {time.monotonic() - back_at:.2f} s after it was ready")
             for ws in sockets:
                 await ws.close()
     finally:
