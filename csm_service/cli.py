@@ -108,6 +108,7 @@ EDGE_OPTS = (
     "rate_limit_per_s",
     "rate_limit_burst",
     "ws_idle_timeout_s",
+    "ws_auth_timeout_s",
 )
 
 
@@ -133,6 +134,9 @@ def _edge_flags(p: argparse.ArgumentParser) -> None:
         help="synthesis requests/s per API key or peer, 0 = off (CSM_RATE_LIMIT_PER_S)",
     )
     g.add_argument("--rate-limit-burst", type=int, help="requests allowed at once per client (CSM_RATE_LIMIT_BURST)")
+    g.add_argument(
+        "--ws-auth-timeout-s", type=float, help="keys on: time for the first auth message (CSM_WS_AUTH_TIMEOUT_S)"
+    )
     g.add_argument(
         "--ws-idle-timeout-s", type=float, help="close idle WebSocket sessions, 0 = never (CSM_WS_IDLE_TIMEOUT_S)"
     )

@@ -120,6 +120,7 @@ class ServiceConfig:
     max_audio_length_ms: int = 163_840  # the largest max_audio_length_ms a request may ask for
     rate_limit_per_s: float = 0.0  # synthesis requests per second per API key (or peer); 0 = no limit
     rate_limit_burst: int = 20  # requests a client may make at once before the rate applies
+    ws_auth_timeout_s: float = 10.0  # keys on, none at the upgrade: the "auth" message must come by then
     ws_idle_timeout_s: float = 300.0  # close a session with no message and no work for this long; 0 = never
 
 

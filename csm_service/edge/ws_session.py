@@ -43,7 +43,6 @@ log = logging.getLogger(__name__)
 WS_FORMAT = "mulaw_8khz"  # the seed: always G.711 mu-law at 8 kHz on the WebSocket
 MULAW_BYTES_PER_MS = 8
 KNOWN_TYPES = ("synthesize", "ping", "close", "cancel", "auth")
-AUTH_TIMEOUT_S = 10.0  # with API keys and none at the upgrade: the first message must be "auth"
 POLICY_VIOLATION = 1008
 NORMAL_CLOSURE = 1000
 _request_ids = itertools.count(1)
@@ -213,7 +212,7 @@ class WsSession:
                 return
 
     async def _auth_deadline(self) -> None:
-        await asyncio.sleep(AUTH_TIMEOUT_S)
+        await asyncio.sleep(self.cfg.ws_auth_timeout_s)
         if not self.authenticated:
             await self.ws.close(code=POLICY_VIOLATION, message=b"authentication timed out")
 

@@ -18,7 +18,7 @@ IDLE_S = 1.5
 @pytest.fixture(scope="module")
 def limited(tmp_path_factory):
     flags = ["--rate-limit-per-s", "0.5", "--rate-limit-burst", "2"]
-    flags += ["--ws-idle-timeout-s", str(IDLE_S), "--max-audio-length-ms", "8000"]
+    flags += ["--ws-idle-timeout-s", str(IDLE_S), "--max-audio-length-ms", "8000", "--ws-auth-timeout-s", "1"]
     proc, port = start_serve(tmp_path_factory.mktemp("limits"), *flags, env={"CSM_API_KEYS": ",".join(KEYS)})
     try:
         wait_until(lambda: http_status(port, "/health") == 200, 120, "serve /health 200")
@@ -105,3 +105,12 @@ async def test_operator_audio_cap_is_enforced_and_published(limited):
             spec = await resp.json()
     props = spec["components"]["schemas"]["SynthesizeRequest"]["properties"]
     assert props["max_audio_length_ms"]["maximum"] == 8000
+
+
+async def test_session_without_auth_is_closed_after_the_auth_timeout(limited):
+    url = f"ws://127.0.0.1:{limited}/v1/native/ws/no-auth"
+    async with aiohttp.ClientSession() as http, http.ws_connect(url) as ws:  # keys on, none sent
+        opened = time.monotonic()
+        msg = await ws.receive(timeout=10)
+        assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == 1008, msg
+        assert 0.9 <= time.monotonic() - opened < 5
