@@ -91,6 +91,7 @@ class EngineConfig:
     use_cuda_graphs: bool = True  # ignored on CPU; --no-cuda-graphs is the eager switch
     mimi_weights: str | None = None  # local Mimi weights; default: moshi's file via the hub cache
     seed: int = 0  # seed of the tiny-random weights
+    prefix_cache_mb: int = 1024  # device memory for voice-prompt KV prefixes (0: no cache)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,8 @@ import torch
 
 from csm_service.config import FRAME_MS, SAMPLE_RATE, EngineConfig
 from csm_service.engine.device_info import device_info
-from csm_service.engine.prompt import build_prompt, check_room
+from csm_service.engine.prefix_cache import PrefixCache, prefix_key
+from csm_service.engine.prompt import Prompt, assemble_prompt, check_room
 from csm_service.engine.request import (
     AudioChunk,
     EngineUnavailable,
@@ -33,6 +34,7 @@ from csm_service.engine.request import (
 from csm_service.engine.runner import ModelRunner
 from csm_service.engine.scheduler import Scheduler
 from csm_service.model.tokenizer import TextTokenizer
+from csm_service.text.normalize import normalize
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +46,11 @@ _ids = itertools.count(1)
 class RequestHandle:
     """A submitted request: its prompt, its sink, and a thread-safe ``cancel``."""
 
-    def __init__(self, request: SynthesisRequest, sink: Sink, tokens: np.ndarray, mask: np.ndarray, seed: int) -> None:
+    def __init__(self, request: SynthesisRequest, sink: Sink, prompt: Prompt, seed: int) -> None:
         self.id = next(_ids)
         self.request = request
         self.sink = sink
-        self.tokens = tokens
-        self.mask = mask
+        self.prompt = prompt
         self.seed = seed
         self.submitted_at = time.perf_counter()
         self.cancelled = threading.Event()
@@ -82,6 +83,8 @@ class EngineStats:
     finished: dict[str, int] = field(default_factory=dict)
     cancelled_running: int = 0  # running requests freed by a cancel
     frames_after_cancel: int = 0  # frames those generated after their cancel arrived (<= 1 each)
+    prefix_hits: int = 0  # requests whose prefix KV came from the prefix cache
+    prefix_misses: int = 0  # requests with a prefix that had to prefill it
 
 
 class Engine:
@@ -102,6 +105,7 @@ class Engine:
         device = runner.device
         self._decode_codes = torch.zeros(cfg.max_batch, self.model_cfg.num_codebooks, dtype=torch.int64, device=device)
         self._decode_mask = torch.zeros(cfg.max_batch, dtype=torch.bool, device=device)
+        self.prefix_cache = PrefixCache(cfg.prefix_cache_mb << 20)
 
     # -- public API (any thread) ----------------------------------------------------------------
     @property
@@ -116,20 +120,27 @@ class Engine:
     def queue_depth(self) -> int:
         return len(self.scheduler.waiting)
 
-    def prepare(self, request: SynthesisRequest) -> tuple[np.ndarray, np.ndarray]:
-        """Validate and tokenise -> prompt tokens, mask [S, 33]; raises InvalidRequest."""
+    def prepare(self, request: SynthesisRequest) -> Prompt:
+        """Validate, normalise and tokenise -> the prompt rows [S, 33]; raises InvalidRequest."""
         validate_request(request, self.max_audio_ms)
-        tokens, mask = build_prompt(
-            self.tokenizer, request.context, request.text, request.speaker, self.model_cfg.num_codebooks
+        text = normalize(request.text) if request.normalize_text else request.text
+        prompt = assemble_prompt(
+            self.tokenizer,
+            request.context,
+            text,
+            request.speaker,
+            self.model_cfg.num_codebooks,
+            request.prefix_segments,
+            request.max_context_positions,
         )
-        check_room(tokens.shape[0], self.model_cfg.max_seq_len)
-        return tokens, mask
+        check_room(prompt.tokens.shape[0], self.model_cfg.max_seq_len)
+        return prompt
 
     def submit(self, request: SynthesisRequest, sink: Sink) -> RequestHandle:
         """Queue a request; raises InvalidRequest, Overloaded or EngineUnavailable."""
-        tokens, mask = self.prepare(request)
+        prompt = self.prepare(request)
         seed = request.seed if request.seed is not None else secrets.randbits(63)
-        handle = RequestHandle(request, sink, tokens, mask, seed)
+        handle = RequestHandle(request, sink, prompt, seed)
         handle._engine = self
         with self._cond:
             if self.state != "serving":
@@ -194,11 +205,11 @@ class Engine:
     # -- the loop (engine thread) ---------------------------------------------------------------
     def _warm_up(self) -> None:
         """Run the whole path once (kernels, allocator, Mimi), then capture the CUDA graphs."""
-        tokens, mask = self.prepare(SynthesisRequest(text="warm up"))
+        prompt = self.prepare(SynthesisRequest(text="warm up"))
         device = self.runner.device
         for _ in range(2):
-            self.runner.prefill(0, tokens, mask, seed=0, temperature=0.9, top_k=50)
-            codes = self.runner.step(1, tokens.shape[0] + 1)
+            self.runner.prefill(0, prompt.tokens, prompt.mask, seed=0, temperature=0.9, top_k=50)
+            codes = self.runner.step(1, prompt.tokens.shape[0] + 1)
             self.codec.decode_step(  # type: ignore[attr-defined]
                 torch.zeros(self.cfg.max_batch, codes.shape[1], dtype=torch.int64, device=device),
                 torch.zeros(self.cfg.max_batch, dtype=torch.bool, device=device),
@@ -235,16 +246,38 @@ class Engine:
                 self._finish_unstarted(self.scheduler.waiting.popleft(), "cancelled")
 
     def _admit(self, slot: int, handle: RequestHandle) -> None:
-        req = handle.request
+        req, prompt = handle.request, handle.prompt
         start = time.perf_counter()
-        prompt_len = handle.tokens.shape[0]
-        self.runner.prefill(slot, handle.tokens, handle.mask, handle.seed, float(req.temperature), int(req.top_k))
+        prompt_len = prompt.tokens.shape[0]
+        key, cached = None, None
+        if prompt.prefix_len and self.prefix_cache.capacity_bytes:
+            key = prefix_key(prompt.tokens[: prompt.prefix_len], prompt.mask[: prompt.prefix_len])
+            cached = self.prefix_cache.get(key)
+        snapshot = self.runner.prefill(
+            slot,
+            prompt.tokens,
+            prompt.mask,
+            handle.seed,
+            float(req.temperature),
+            int(req.top_k),
+            prefix_len=prompt.prefix_len,
+            prefix_kv=cached,
+        )
+        if key is not None:
+            if cached is not None:
+                self.stats.prefix_hits += 1
+            else:
+                self.stats.prefix_misses += 1
+                self.prefix_cache.put(key, snapshot)  # type: ignore[arg-type]
         reset = torch.zeros(self.cfg.max_batch, dtype=torch.bool)
         reset[slot] = True
         self.codec.reset_rows(reset)  # type: ignore[attr-defined]
         state = _Slot(handle, min(req.max_frames, self.model_cfg.max_seq_len - prompt_len), prompt_len)
         state.timings.queued_s = start - handle.submitted_at
         state.timings.prefill_s = time.perf_counter() - start
+        state.timings.prompt_positions = prompt_len
+        state.timings.prefix_cache_hit = cached is not None
+        state.timings.context_segments = prompt.context_segments
         with self._cond:
             self.slots[slot] = state
 

@@ -6,6 +6,8 @@ context segment is its text rows, then its frames, then one all-zero frame (audi
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from csm_service.engine.request import InvalidRequest, Segment
@@ -31,6 +33,52 @@ def audio_rows(codes: np.ndarray, num_codebooks: int) -> tuple[np.ndarray, np.nd
     return tokens, mask
 
 
+@dataclass(frozen=True)
+class Prompt:
+    tokens: np.ndarray  # [S, 33] int64
+    mask: np.ndarray  # [S, 33] bool
+    prefix_len: int = 0  # leading rows that are the stable prefix (a voice prompt): cacheable
+    context_segments: int = 0  # context segments kept (prefix included)
+
+
+def segment_rows(tokenizer: TextTokenizer, seg: Segment, num_codebooks: int) -> tuple[np.ndarray, np.ndarray]:
+    """One context segment: its text rows, then its frames and the end frame (if it has audio)."""
+    parts = [text_rows(tokenizer, seg.speaker, seg.text, num_codebooks)]
+    if seg.codes is not None and seg.codes.shape[1] > 0:
+        parts.append(audio_rows(np.asarray(seg.codes, dtype=np.int64), num_codebooks))
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def assemble_prompt(
+    tokenizer: TextTokenizer,
+    context: tuple[Segment, ...] | list[Segment],
+    text: str,
+    speaker: int,
+    num_codebooks: int,
+    prefix_segments: int = 0,
+    max_context_positions: int = 0,
+) -> Prompt:
+    """Prefix segments, then the other context segments (the newest that fit in
+    ``max_context_positions`` when it is set, in their order), then ``[speaker]text``."""
+    prefix = [segment_rows(tokenizer, seg, num_codebooks) for seg in context[:prefix_segments]]
+    rest = [segment_rows(tokenizer, seg, num_codebooks) for seg in context[prefix_segments:]]
+    if max_context_positions:
+        kept, used = [], 0
+        for rows in reversed(rest):  # newest first, stop at the first that does not fit
+            if used + rows[0].shape[0] > max_context_positions:
+                break
+            kept.append(rows)
+            used += rows[0].shape[0]
+        rest = kept[::-1]
+    parts = [*prefix, *rest, text_rows(tokenizer, speaker, text, num_codebooks)]
+    return Prompt(
+        tokens=np.concatenate([p[0] for p in parts]),
+        mask=np.concatenate([p[1] for p in parts]),
+        prefix_len=sum(p[0].shape[0] for p in prefix),
+        context_segments=len(prefix) + len(rest),
+    )
+
+
 def build_prompt(
     tokenizer: TextTokenizer,
     context: tuple[Segment, ...] | list[Segment],
@@ -38,16 +86,9 @@ def build_prompt(
     speaker: int,
     num_codebooks: int,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """-> tokens [S, 33] int64, mask [S, 33] bool."""
-    parts = []
-    for seg in context:
-        parts.append(text_rows(tokenizer, seg.speaker, seg.text, num_codebooks))
-        if seg.codes is not None and seg.codes.shape[1] > 0:
-            parts.append(audio_rows(np.asarray(seg.codes, dtype=np.int64), num_codebooks))
-    parts.append(text_rows(tokenizer, speaker, text, num_codebooks))
-    tokens = np.concatenate([p[0] for p in parts])
-    mask = np.concatenate([p[1] for p in parts])
-    return tokens, mask
+    """Every context segment, then the text -> tokens [S, 33] int64, mask [S, 33] bool."""
+    prompt = assemble_prompt(tokenizer, context, text, speaker, num_codebooks)
+    return prompt.tokens, prompt.mask
 
 
 def check_room(prompt_len: int, max_seq_len: int) -> int:

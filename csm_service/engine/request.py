@@ -49,6 +49,9 @@ class SynthesisRequest:
     top_k: int = 50
     seed: int | None = None  # None: the engine draws one and reports it
     context: tuple[Segment, ...] = ()
+    prefix_segments: int = 0  # leading context segments that are a stable prefix (KV cached)
+    max_context_positions: int = 0  # trim the other context to this, newest kept (0: no trim)
+    normalize_text: bool = True  # numbers, dates, ... as words before tokenising
 
     @property
     def max_frames(self) -> int:
@@ -83,6 +86,8 @@ def validate_request(req: SynthesisRequest, max_audio_ms: int, audio_vocab: int 
         isinstance(req.seed, bool) or not isinstance(req.seed, int) or not 0 <= req.seed <= MAX_SEED
     ):
         raise InvalidRequest("seed", f"must be an integer from 0 to {MAX_SEED}, got {req.seed!r}")
+    if not 0 <= req.prefix_segments <= len(req.context):
+        raise InvalidRequest("prefix_segments", f"must be 0..{len(req.context)} (the context size)")
     for i, seg in enumerate(req.context):
         _check_speaker(f"context[{i}].speaker", seg.speaker)
         if not isinstance(seg.text, str):
@@ -102,6 +107,9 @@ class Timings:
     first_audio_s: float = 0.0  # submit -> first chunk out
     total_s: float = 0.0  # submit -> finished
     audio_s: float = 0.0
+    prompt_positions: int = 0  # rows prefilled or taken from the prefix cache
+    prefix_cache_hit: bool = False
+    context_segments: int = 0  # context segments kept after trimming
 
     @property
     def real_time_factor(self) -> float:

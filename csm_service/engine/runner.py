@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from csm_service.engine.frame import FrameInputs, frame_step
+from csm_service.engine.prefix_cache import PrefixKV
 from csm_service.model.csm import CSM
 from csm_service.model.fuse import fuse_projections
 
@@ -83,14 +84,38 @@ class ModelRunner:
 
     @torch.inference_mode()
     def prefill(
-        self, slot: int, tokens: np.ndarray, mask: np.ndarray, seed: int, temperature: float, top_k: int
-    ) -> None:
-        """Run the prompt tokens, mask [S, 33] into ``slot``'s cache and arm its sampling state."""
+        self,
+        slot: int,
+        tokens: np.ndarray,
+        mask: np.ndarray,
+        seed: int,
+        temperature: float,
+        top_k: int,
+        prefix_len: int = 0,
+        prefix_kv: PrefixKV | None = None,
+    ) -> PrefixKV | None:
+        """Run the prompt tokens, mask [S, 33] into ``slot``'s cache and arm its sampling state.
+
+        With ``prefix_len`` the first rows are a stable prefix, always run on their own: their KV
+        is copied in from ``prefix_kv`` (a cache hit) or computed and returned (for the cache).
+        A hit and a miss therefore run the same operations on the rest and give the same result.
+        """
         prompt_len = tokens.shape[0]
         t = torch.from_numpy(tokens).to(self.device).unsqueeze(0)  # [1, S, 33]
         m = torch.from_numpy(mask).to(self.device).unsqueeze(0)
-        positions = torch.arange(prompt_len, device=self.device).unsqueeze(0)  # [1, S]
-        out = self.model.backbone(self.model.embed_rows(t, m), positions, slice(slot, slot + 1), prompt_len)
+        rows = slice(slot, slot + 1)
+        snapshot = None
+        if prefix_len and prefix_kv is not None:
+            for cache, (k, v) in zip(self.model.backbone.caches, prefix_kv, strict=True):
+                cache.k[slot, :prefix_len] = k
+                cache.v[slot, :prefix_len] = v
+        elif prefix_len:
+            self._backbone_rows(t, m, 0, prefix_len, rows)
+            snapshot = [
+                (cache.k[slot, :prefix_len].clone(), cache.v[slot, :prefix_len].clone())
+                for cache in self.model.backbone.caches
+            ]  # per layer [P, Hkv, Dh]
+        out = self._backbone_rows(t, m, prefix_len, prompt_len, rows)  # [1, S - P, D]
         self.hidden[slot] = out[0, -1]
         self.positions[slot] = prompt_len
         self.is_active[slot] = 1
@@ -98,6 +123,13 @@ class ModelRunner:
         self.frame_index[slot] = 0
         self.temperature[slot] = temperature
         self.top_k[slot] = top_k
+        return snapshot
+
+    def _backbone_rows(self, t: torch.Tensor, m: torch.Tensor, start: int, end: int, rows: slice) -> torch.Tensor:
+        """Prompt rows [start, end) at positions start..end-1, attending to the cache before them."""
+        positions = torch.arange(start, end, device=self.device).unsqueeze(0)  # [1, end - start]
+        embedded = self.model.embed_rows(t[:, start:end], m[:, start:end])
+        return self.model.backbone(embedded, positions, rows, end)
 
     def release(self, slot: int) -> None:
         self.is_active[slot] = 0

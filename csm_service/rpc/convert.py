@@ -39,4 +39,7 @@ def to_engine_request(msg: pb.SynthesizeRequest) -> SynthesisRequest:
         top_k=msg.top_k if msg.HasField("top_k") else 50,
         seed=msg.seed if msg.HasField("seed") else None,
         context=context,
+        prefix_segments=msg.prefix_segments,
+        max_context_positions=msg.max_context_positions,
+        normalize_text=not msg.raw_text,
     )

@@ -48,6 +48,9 @@ def _timings(finished: Finished) -> pb.Timings:
         real_time_factor=t.real_time_factor,
         queue_ms=t.queued_s * 1000,
         prefill_ms=t.prefill_s * 1000,
+        prompt_positions=t.prompt_positions,
+        prefix_cache_hit=t.prefix_cache_hit,
+        context_segments=t.context_segments,
     )
 
 

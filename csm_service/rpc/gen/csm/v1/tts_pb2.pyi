@@ -40,7 +40,7 @@ class ContextSegment(_message.Message):
     def __init__(self, speaker: _Optional[int] = ..., text: _Optional[str] = ..., codes: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class SynthesizeRequest(_message.Message):
-    __slots__ = ("text", "speaker", "max_audio_length_ms", "temperature", "top_k", "seed", "context", "encoding", "request_id")
+    __slots__ = ("text", "speaker", "max_audio_length_ms", "temperature", "top_k", "seed", "context", "encoding", "request_id", "prefix_segments", "max_context_positions", "raw_text")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     SPEAKER_FIELD_NUMBER: _ClassVar[int]
     MAX_AUDIO_LENGTH_MS_FIELD_NUMBER: _ClassVar[int]
@@ -50,6 +50,9 @@ class SynthesizeRequest(_message.Message):
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
     ENCODING_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    MAX_CONTEXT_POSITIONS_FIELD_NUMBER: _ClassVar[int]
+    RAW_TEXT_FIELD_NUMBER: _ClassVar[int]
     text: str
     speaker: int
     max_audio_length_ms: int
@@ -59,21 +62,30 @@ class SynthesizeRequest(_message.Message):
     context: _containers.RepeatedCompositeFieldContainer[ContextSegment]
     encoding: AudioEncoding
     request_id: str
-    def __init__(self, text: _Optional[str] = ..., speaker: _Optional[int] = ..., max_audio_length_ms: _Optional[int] = ..., temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., seed: _Optional[int] = ..., context: _Optional[_Iterable[_Union[ContextSegment, _Mapping]]] = ..., encoding: _Optional[_Union[AudioEncoding, str]] = ..., request_id: _Optional[str] = ...) -> None: ...
+    prefix_segments: int
+    max_context_positions: int
+    raw_text: bool
+    def __init__(self, text: _Optional[str] = ..., speaker: _Optional[int] = ..., max_audio_length_ms: _Optional[int] = ..., temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., seed: _Optional[int] = ..., context: _Optional[_Iterable[_Union[ContextSegment, _Mapping]]] = ..., encoding: _Optional[_Union[AudioEncoding, str]] = ..., request_id: _Optional[str] = ..., prefix_segments: _Optional[int] = ..., max_context_positions: _Optional[int] = ..., raw_text: _Optional[bool] = ...) -> None: ...
 
 class Timings(_message.Message):
-    __slots__ = ("time_to_first_audio_ms", "generation_time_ms", "real_time_factor", "queue_ms", "prefill_ms")
+    __slots__ = ("time_to_first_audio_ms", "generation_time_ms", "real_time_factor", "queue_ms", "prefill_ms", "prompt_positions", "prefix_cache_hit", "context_segments")
     TIME_TO_FIRST_AUDIO_MS_FIELD_NUMBER: _ClassVar[int]
     GENERATION_TIME_MS_FIELD_NUMBER: _ClassVar[int]
     REAL_TIME_FACTOR_FIELD_NUMBER: _ClassVar[int]
     QUEUE_MS_FIELD_NUMBER: _ClassVar[int]
     PREFILL_MS_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_POSITIONS_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_CACHE_HIT_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_SEGMENTS_FIELD_NUMBER: _ClassVar[int]
     time_to_first_audio_ms: float
     generation_time_ms: float
     real_time_factor: float
     queue_ms: float
     prefill_ms: float
-    def __init__(self, time_to_first_audio_ms: _Optional[float] = ..., generation_time_ms: _Optional[float] = ..., real_time_factor: _Optional[float] = ..., queue_ms: _Optional[float] = ..., prefill_ms: _Optional[float] = ...) -> None: ...
+    prompt_positions: int
+    prefix_cache_hit: bool
+    context_segments: int
+    def __init__(self, time_to_first_audio_ms: _Optional[float] = ..., generation_time_ms: _Optional[float] = ..., real_time_factor: _Optional[float] = ..., queue_ms: _Optional[float] = ..., prefill_ms: _Optional[float] = ..., prompt_positions: _Optional[int] = ..., prefix_cache_hit: _Optional[bool] = ..., context_segments: _Optional[int] = ...) -> None: ...
 
 class SynthesizeResponse(_message.Message):
     __slots__ = ("audio", "encoding", "sample_rate", "duration_ms", "num_frames", "finish_reason", "seed", "timings", "codes", "request_id")
