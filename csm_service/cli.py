@@ -90,7 +90,7 @@ def cmd_engine(args: argparse.Namespace) -> int:
 
     from csm_service.rpc.worker import run_engine_worker
 
-    cfg = _config(args, (*ENGINE_OPTS, "grpc_host", "grpc_port", "metrics_port", "drain_timeout_s"))
+    cfg = _config(args, (*ENGINE_OPTS, "grpc_host", "grpc_port", "metrics_port", "drain_timeout_s", "data_dir"))
     return asyncio.run(run_engine_worker(cfg))
 
 
@@ -109,6 +109,11 @@ EDGE_OPTS = (
     "rate_limit_burst",
     "ws_idle_timeout_s",
     "ws_auth_timeout_s",
+    "data_dir",
+    "max_upload_bytes",
+    "max_voice_seconds",
+    "session_context_positions",
+    "max_piece_chars",
 )
 
 
@@ -134,6 +139,13 @@ def _edge_flags(p: argparse.ArgumentParser) -> None:
         help="synthesis requests/s per API key or peer, 0 = off (CSM_RATE_LIMIT_PER_S)",
     )
     g.add_argument("--rate-limit-burst", type=int, help="requests allowed at once per client (CSM_RATE_LIMIT_BURST)")
+    g.add_argument(
+        "--session-context-positions", type=int, help="WebSocket session context budget (CSM_SESSION_CONTEXT_POSITIONS)"
+    )
+    g.add_argument("--max-piece-chars", type=int, help="long text is split into pieces of this (CSM_MAX_PIECE_CHARS)")
+    g.add_argument("--data-dir", help="voice profiles (SQLite) live here (CSM_DATA_DIR, default ./data)")
+    g.add_argument("--max-upload-bytes", type=int, help="a voice upload (CSM_MAX_UPLOAD_BYTES, default 20 MiB)")
+    g.add_argument("--max-voice-seconds", type=float, help="a voice prompt's audio (CSM_MAX_VOICE_SECONDS, 30)")
     g.add_argument(
         "--ws-auth-timeout-s", type=float, help="keys on: time for the first auth message (CSM_WS_AUTH_TIMEOUT_S)"
     )
@@ -228,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     engine.add_argument("--grpc-port", type=int, help="gRPC port (CSM_GRPC_PORT, default 50051)")
     engine.add_argument("--metrics-port", type=int, help="Prometheus port, 0 = off (CSM_METRICS_PORT)")
     engine.add_argument("--drain-timeout-s", type=float, help="SIGTERM drain deadline (CSM_DRAIN_TIMEOUT_S)")
+    engine.add_argument("--data-dir", help="voice profiles for voice_profile_id (CSM_DATA_DIR, default ./data)")
     _engine_flags(engine)
     engine.set_defaults(func=cmd_engine)
 

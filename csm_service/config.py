@@ -121,6 +121,10 @@ class ServiceConfig:
     max_audio_length_ms: int = 163_840  # the largest max_audio_length_ms a request may ask for
     rate_limit_per_s: float = 0.0  # synthesis requests per second per API key (or peer); 0 = no limit
     rate_limit_burst: int = 20  # requests a client may make at once before the rate applies
+    session_context_positions: int = 1024  # "context": "session": earlier turns kept within this
+    max_piece_chars: int = 400  # longer text is generated in sentence-aligned pieces of at most this
+    max_upload_bytes: int = 20 << 20  # a voice upload (multipart)
+    max_voice_seconds: float = 30.0  # a voice prompt's audio: leaves room in the 2048 positions
     ws_auth_timeout_s: float = 10.0  # keys on, none at the upgrade: the "auth" message must come by then
     ws_idle_timeout_s: float = 300.0  # close a session with no message and no work for this long; 0 = never
 

@@ -22,6 +22,7 @@ from csm_service.metrics import EngineMetrics
 from csm_service.rpc.client import EngineClient
 from csm_service.rpc.server import EngineServer
 from csm_service.rpc.worker import load_engine, stop_event
+from csm_service.voices import VoiceStore
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,9 @@ async def run_serve(cfg: ServiceConfig) -> int:
     checker = KeyChecker(keys)
     warn_if_open(checker, cfg.host, "the HTTP/WebSocket edge")
     warn_if_open(checker, cfg.grpc_host, "gRPC")
-    grpc_server = EngineServer(EngineMetrics(registry), f"{cfg.grpc_host}:{cfg.grpc_port}", cfg.engine.model, checker)
+    grpc_server = EngineServer(
+        EngineMetrics(registry), f"{cfg.grpc_host}:{cfg.grpc_port}", cfg.engine.model, checker, VoiceStore(cfg.data_dir)
+    )
     await grpc_server.start()
     log.info("gRPC on %s:%d (NOT_SERVING until the model is warm)", cfg.grpc_host, grpc_server.port)
     client = EngineClient(f"{_loopback(cfg.grpc_host)}:{grpc_server.port}", metadata=grpc_metadata(keys))

@@ -24,8 +24,9 @@ from csm_service.config import EngineConfig, build_config
 from csm_service.edge.errors import ApiError
 from csm_service.edge.params import parse_speak
 from csm_service.engine.engine import Engine
-from csm_service.engine.request import AudioChunk, Finished, InvalidRequest, Overloaded, SynthesisRequest
+from csm_service.engine.request import AudioChunk, Finished, InvalidRequest, Overloaded, Segment, SynthesisRequest
 from csm_service.rpc.formats import ENCODING_FORMATS, FINISH_REASON_NAMES, FINISH_REASONS
+from csm_service.voices import DEFAULT_VOICE, VoiceStore
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +61,21 @@ def run_job(job_input: object, engine: Engine) -> Iterator[dict]:
         return
     fmt = params.output_format
     encoder = StreamEncoder(ENCODING_FORMATS[fmt.encoding])
+    context: tuple[Segment, ...] = ()
+    speaker = params.speaker
+    if params.voice_profile_id != DEFAULT_VOICE:  # profiles on the worker's volume (CSM_DATA_DIR)
+        voice = VoiceStore(build_config({}).data_dir).get(params.voice_profile_id)
+        if voice is None:
+            yield {"error": f"Unknown voice profile: {params.voice_profile_id!r}", "field": "voice_profile_id"}
+            return
+        context = (Segment(voice.speaker, voice.transcript, voice.codes),)
+        speaker = voice.speaker if speaker is None else speaker
     request = SynthesisRequest(
         text=params.text,
-        speaker=params.speaker,
+        speaker=speaker or 0,
+        context=context,
+        prefix_segments=len(context),
+        normalize_text=not params.raw_text,
         max_audio_length_ms=params.max_audio_length_ms,
         temperature=params.temperature if params.temperature is not None else 0.9,
         top_k=params.top_k if params.top_k is not None else 50,

@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from csm_service.auth import KeyChecker, bearer_token, grpc_metadata, warn_if_open
 from csm_service.config import ServiceConfig, api_keys
-from csm_service.edge import http_api, openapi
+from csm_service.edge import http_api, openapi, voices_api
 from csm_service.edge.backend import Backend
 from csm_service.edge.errors import TOO_MANY_SESSIONS, UNAUTHORIZED, ApiError
 from csm_service.edge.rate_limit import RateLimiter
@@ -24,6 +24,7 @@ from csm_service.edge.state import STATE, EdgeState
 from csm_service.edge.ws_session import WsSession
 from csm_service.metrics import EdgeMetrics
 from csm_service.rpc.client import EngineClient
+from csm_service.voices import VoiceStore
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +122,9 @@ def build_app(
     backend = Backend(client, cfg.request_timeout_s, device_hint)
     checker = checker or KeyChecker(api_keys(cfg))
     limiter = RateLimiter(cfg.rate_limit_per_s, cfg.rate_limit_burst)
-    app[STATE] = EdgeState(cfg, backend, registry, metrics or EdgeMetrics(registry), checker, limiter)
+    state = EdgeState(cfg, backend, registry, metrics or EdgeMetrics(registry), checker, limiter)
+    state.voices = VoiceStore(cfg.data_dir)
+    app[STATE] = state
     app.router.add_get("/health", http_api.health)
     app.router.add_get("/ping", http_api.ping)
     app.router.add_post("/synthesize", http_api.synthesize)
@@ -129,6 +132,10 @@ def build_app(
     app.router.add_get("/openapi.json", openapi.openapi_json)
     app.router.add_get("/docs", openapi.docs)
     app.router.add_get("/v1/native/ws/{session_id}", websocket)
+    app.router.add_post("/v1/voices", voices_api.create_voice)
+    app.router.add_get("/v1/voices", voices_api.list_voices)
+    app.router.add_get("/v1/voices/{voice_id}", voices_api.get_voice)
+    app.router.add_delete("/v1/voices/{voice_id}", voices_api.delete_voice)
     return app
 
 

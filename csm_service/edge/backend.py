@@ -43,16 +43,12 @@ class Backend:
     def device(self) -> str:
         return self.last_info.device if self.last_info is not None and self.last_info.device else self.device_hint
 
-    async def synthesize(self, request: pb.SynthesizeRequest) -> pb.SynthesizeResponse:
-        """The whole utterance; raises ApiError. A worker lost before the answer: one retry."""
-        for attempt in range(1 + RETRIES_ON_UNAVAILABLE):
-            try:
-                return await self.client.synthesize(request, timeout=self.request_timeout_s)
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() != grpc.StatusCode.UNAVAILABLE or attempt == RETRIES_ON_UNAVAILABLE:
-                    raise from_rpc_error(exc) from None
-                log.warning("engine call failed (%s: %s); retrying on another worker", exc.code().name, exc.details())
-        raise AssertionError("unreachable")
+    async def encode_prompt(self, request: pb.EncodePromptRequest, timeout_s: float) -> pb.EncodePromptResponse:
+        """Audio -> Mimi codes on a worker; raises ApiError."""
+        try:
+            return await self.client.encode_prompt(request, timeout=timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            raise from_rpc_error(exc) from None
 
     async def stream(self, request: pb.SynthesizeRequest) -> AsyncIterator[pb.AudioChunk]:
         """The utterance's chunks; raises ApiError. Cancelling the consumer cancels the engine call

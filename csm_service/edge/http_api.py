@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import time
@@ -12,11 +13,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from csm_service import __version__
 from csm_service.audio.wav import wav_bytes
-from csm_service.auth import bearer_token
-from csm_service.edge.errors import INVALID_MESSAGE_FORMAT, RATE_LIMITED, SHUTTING_DOWN, ApiError
+from csm_service.edge.admission import admit
+from csm_service.edge.errors import INVALID_MESSAGE_FORMAT, ApiError
 from csm_service.edge.params import parse_speak
-from csm_service.edge.rate_limit import client_id, retry_after_header
+from csm_service.edge.rate_limit import retry_after_header
+from csm_service.edge.speech import Spoken, speak
 from csm_service.edge.state import STATE
+from csm_service.edge.voices_api import lookup_voice, synthesis_request
 from csm_service.rpc.formats import FINISH_REASON_NAMES
 
 log = logging.getLogger(__name__)
@@ -90,17 +93,6 @@ async def read_json(request: web.Request) -> object:
         raise ApiError(400, INVALID_MESSAGE_FORMAT, f"invalid JSON: {exc}") from None
 
 
-def admit(request: web.Request) -> None:
-    """Refuse new work while draining, and over the client's request rate (ApiError 503 / 429)."""
-    state = request.app[STATE]
-    if state.draining:
-        raise ApiError(503, SHUTTING_DOWN, "this server is draining; retry on another", retry_after_s=5)
-    key = bearer_token(request.headers.get("Authorization")) if state.checker.enabled else None
-    wait_s = state.limiter.acquire(client_id(key, request.remote))
-    if wait_s:
-        raise ApiError(429, RATE_LIMITED, f"over {state.limiter.rate_per_s:g} requests/s", retry_after_s=wait_s)
-
-
 async def synthesize(request: web.Request) -> web.Response:
     """The whole utterance: base64 WAV at 24 kHz, or raw G.711 mu-law at 8 kHz (``mulaw_8khz``)."""
     state = request.app[STATE]
@@ -114,27 +106,40 @@ async def synthesize(request: web.Request) -> web.Response:
 
 async def _synthesize(request: web.Request, started: float) -> web.Response:
     state = request.app[STATE]
+    spoken = Spoken()
+    parts: list[bytes] = []
+    duration_ms = 0.0
     try:
         admit(request)
         params = parse_speak(await read_json(request), state.cfg.max_text_chars, state.cfg.max_audio_length_ms)
         fmt = params.output_format
-        response = await state.backend.synthesize(params.to_proto(fmt.encoding))
+        voice = lookup_voice(state, params.voice_profile_id)
+        utterance = speak(
+            state.backend, synthesis_request(params, fmt.encoding, voice), state.cfg.max_piece_chars, spoken
+        )
+        async with contextlib.aclosing(utterance) as chunks:
+            async for chunk in chunks:
+                parts.append(chunk.audio)
+                duration_ms += chunk.duration_ms
     except ApiError as err:
         state.metrics.requests.labels("synthesize", err.outcome).inc()
         return error_response(err)
-    audio = response.audio
+    audio = b"".join(parts)
     if fmt.is_wav:
         audio = wav_bytes(audio, fmt.sample_rate)
     elapsed_s = time.perf_counter() - started
-    duration_ms = round(response.duration_ms)
+    final, first = spoken.final, spoken.first_timings
     body: dict[str, object] = {
         "audio_base64": base64.b64encode(audio).decode("ascii"),
         "sample_rate": fmt.sample_rate,
-        "duration_ms": duration_ms,
+        "duration_ms": round(duration_ms),
         "generation_time_ms": round(elapsed_s * 1000),
         "format": fmt.name,
-        "seed": response.seed,
-        "finish_reason": FINISH_REASON_NAMES.get(response.finish_reason, "unknown"),
+        "seed": spoken.seed,
+        "finish_reason": FINISH_REASON_NAMES.get(final.finish_reason, "unknown") if final else "unknown",
+        "pieces": spoken.pieces,
+        "prompt_positions": first.prompt_positions if first else 0,
+        "prefix_cache_hit": first.prefix_cache_hit if first else False,
     }
     if params.request_id is not None:
         body["request_id"] = params.request_id

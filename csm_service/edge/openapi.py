@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import html
 import json
@@ -31,7 +32,45 @@ def _error(description: str) -> dict:
     return {"description": description, **_json(ERROR)}
 
 
+VOICE_ID = {"name": "voice_id", "in": "path", "required": True, "schema": {"type": "string", "maxLength": 64}}
+VOICE_PROPERTIES = {
+    "voice_id": {"type": "string"},
+    "name": {"type": "string"},
+    "description": {"type": "string"},
+    "speaker": {"type": "integer"},
+    "transcript": {"type": "string"},
+    "num_frames": {"type": "integer", "description": "80 ms Mimi frames of the prompt"},
+    "duration_ms": {"type": "number"},
+    "created_at": {"type": "number", "description": "Unix time"},
+    "builtin": {"type": "boolean"},
+    "codes": {
+        "type": "array",
+        "items": {"type": "array", "items": {"type": "integer"}},
+        "description": "[32][num_frames] Mimi codes (with ?include_codes=true)",
+    },
+}
 SCHEMAS: dict[str, dict] = {
+    "Voice": {"type": "object", "required": ["voice_id", "name", "builtin"], "properties": VOICE_PROPERTIES},
+    "VoiceList": {
+        "type": "object",
+        "required": ["voices"],
+        "properties": {"voices": {"type": "array", "items": {"$ref": "#/components/schemas/Voice"}}},
+    },
+    "VoiceUpload": {
+        "type": "object",
+        "required": ["file", "transcript", "name"],
+        "properties": {
+            "file": {
+                "type": "string",
+                "contentMediaType": "application/octet-stream",
+                "description": "WAV, FLAC, OGG or MP3 at any rate, 0.5 s up to the server's limit (30 s)",
+            },
+            "transcript": {"type": "string", "minLength": 1, "maxLength": 2000, "description": "What it says"},
+            "name": {"type": "string", "minLength": 1, "maxLength": 100},
+            "speaker": {"type": "integer", "minimum": 0, "maximum": MAX_INT32, "default": 0},
+            "description": {"type": "string", "maxLength": 500},
+        },
+    },
     "Health": {
         "type": "object",
         "required": ["status", "model_loaded", "device"],
@@ -144,10 +183,13 @@ G.711 mu-law, 8000 Hz, mono, no header (Twilio-ready). Close codes: 1008 authent
 a quiet session open)."""
 
 
-def build_spec(max_audio_ms: int = ENGINE_MAX_AUDIO_MS, max_text_chars: int | None = None) -> dict:
-    """The spec, with this server's own bounds in the request schema."""
+def build_spec(
+    max_audio_ms: int = ENGINE_MAX_AUDIO_MS, max_text_chars: int | None = None, voice_ids: tuple[str, ...] = ()
+) -> dict:
+    """The spec, with this server's own bounds and voice profiles in the request schema."""
     schemas = copy.deepcopy(SCHEMAS)
     props = schemas["SynthesizeRequest"]["properties"]
+    props["voice_profile_id"]["enum"] += list(voice_ids)
     props["max_audio_length_ms"]["maximum"] = max_audio_ms
     props["max_audio_length_ms"]["default"] = min(DEFAULT_MAX_AUDIO_MS, max_audio_ms)
     if max_text_chars is not None:
@@ -232,6 +274,63 @@ def build_spec(max_audio_ms: int = ENGINE_MAX_AUDIO_MS, max_text_chars: int | No
                     },
                 }
             },
+            "/v1/voices": {
+                "get": {
+                    "summary": "List voice profiles (the built-in default first)",
+                    "operationId": "list_voices",
+                    "security": [{}, {"bearer": []}],
+                    "responses": {
+                        "200": {"description": "The profiles", **_json({"$ref": "#/components/schemas/VoiceList"})},
+                        "401": _error("API keys are configured and none or a wrong one was sent"),
+                    },
+                },
+                "post": {
+                    "summary": "Create a voice profile from a recording and its transcript",
+                    "operationId": "create_voice",
+                    "security": [{}, {"bearer": []}],
+                    "requestBody": {
+                        "required": True,
+                        "content": {"multipart/form-data": {"schema": {"$ref": "#/components/schemas/VoiceUpload"}}},
+                    },
+                    "responses": {
+                        "201": {"description": "Created", **_json({"$ref": "#/components/schemas/Voice"})},
+                        "400": _error("Not multipart, or the file is missing"),
+                        "401": _error("API keys are configured and none or a wrong one was sent"),
+                        "413": _error("Upload too large"),
+                        "422": _error("Not readable audio, too short or too long, or a bad field"),
+                        "429": _error("Rate limit exceeded for this API key (Retry-After)"),
+                        "503": _error("Model not loaded (the engine encodes the audio)"),
+                    },
+                },
+            },
+            "/v1/voices/{voice_id}": {
+                "get": {
+                    "summary": "One voice profile",
+                    "operationId": "get_voice",
+                    "security": [{}, {"bearer": []}],
+                    "parameters": [
+                        VOICE_ID,
+                        {"name": "include_codes", "in": "query", "required": False, "schema": {"type": "boolean"}},
+                    ],
+                    "responses": {
+                        "200": {"description": "The profile", **_json({"$ref": "#/components/schemas/Voice"})},
+                        "401": _error("API keys are configured and none or a wrong one was sent"),
+                        "404": _error("Unknown voice profile"),
+                    },
+                },
+                "delete": {
+                    "summary": "Delete a voice profile",
+                    "operationId": "delete_voice",
+                    "security": [{}, {"bearer": []}],
+                    "parameters": [VOICE_ID],
+                    "responses": {
+                        "204": {"description": "Deleted"},
+                        "400": _error("The built-in default voice cannot be deleted"),
+                        "401": _error("API keys are configured and none or a wrong one was sent"),
+                        "404": _error("Unknown voice profile"),
+                    },
+                },
+            },
             "/metrics": {
                 "get": {
                     "summary": "Prometheus metrics",
@@ -251,8 +350,9 @@ def build_spec(max_audio_ms: int = ENGINE_MAX_AUDIO_MS, max_text_chars: int | No
 
 
 async def openapi_json(request: web.Request) -> web.Response:
-    cfg = request.app[STATE].cfg
-    return web.json_response(build_spec(cfg.max_audio_length_ms, cfg.max_text_chars))
+    state = request.app[STATE]
+    voice_ids = tuple(await asyncio.to_thread(state.voices.ids)) if state.voices else ()
+    return web.json_response(build_spec(state.cfg.max_audio_length_ms, state.cfg.max_text_chars, voice_ids))
 
 
 def _render_schema(schema: dict, spec: dict) -> str:
@@ -287,9 +387,9 @@ def render_docs(spec: dict) -> str:
             parts.append(f"<p>{html.escape(op['summary'])}</p>")
             if "description" in op:
                 parts.append(f"<pre style='white-space:pre-wrap'>{html.escape(op['description'])}</pre>")
-            if "requestBody" in op:
-                parts.append("<h3>Request body</h3>")
-                parts.append(_render_schema(op["requestBody"]["content"]["application/json"]["schema"], spec))
+            for media_type, content in op.get("requestBody", {}).get("content", {}).items():
+                parts.append(f"<h3>Request body ({html.escape(media_type)})</h3>")
+                parts.append(_render_schema(content["schema"], spec))
             parts.append("<h3>Responses</h3><ul>")
             for code, resp in op["responses"].items():
                 parts.append(f"<li><b>{code}</b>: {html.escape(resp['description'])}</li>")

@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 
 from csm_service.config import NUM_MIMI_CODES
-from csm_service.edge.errors import EMPTY_TEXT, INVALID_MESSAGE_FORMAT, TEXT_TOO_LONG, UNKNOWN_VOICE, ApiError
+from csm_service.edge.errors import EMPTY_TEXT, INVALID_MESSAGE_FORMAT, TEXT_TOO_LONG, ApiError
 from csm_service.rpc.gen.csm.v1 import tts_pb2 as pb
 
 DEFAULT_MAX_AUDIO_MS = 30_000
@@ -20,6 +20,8 @@ MIN_AUDIO_MS = 80  # one frame
 ENGINE_MAX_AUDIO_MS = 163_840  # 2048 positions of 80 ms: no utterance can be longer
 DEFAULT_VOICE = "default"
 MAX_REQUEST_ID_CHARS = 128
+MAX_VOICE_ID_CHARS = 64
+CONTEXT_MODES = ("none", "session")
 MAX_INT32, MAX_UINT32, MAX_SEED = 2**31 - 1, 2**32 - 1, 2**63 - 1  # the proto fields' ranges
 MAX_TEMPERATURE = 5.0
 MIN_TEMPERATURE = 1e-6  # the proto's float32 would turn 5e-324 into 0; this low, sampling is argmax anyway
@@ -51,7 +53,7 @@ HTTP_FORMATS = {
 @dataclass(frozen=True)
 class SpeakParams:
     text: str
-    speaker: int = 0
+    speaker: int | None = None  # None: the voice profile's speaker, or 0
     max_audio_length_ms: int = DEFAULT_MAX_AUDIO_MS
     output_format: HttpFormat = WAV
     voice_profile_id: str = DEFAULT_VOICE
@@ -60,14 +62,17 @@ class SpeakParams:
     seed: int | None = None
     request_id: str | None = None
     stream: bool = False
+    session_context: bool = False  # WebSocket "context": "session": earlier turns precede the text
+    raw_text: bool = False  # skip the engine's text normalisation
 
     def to_proto(self, encoding: int) -> pb.SynthesizeRequest:
         msg = pb.SynthesizeRequest(
             text=self.text,
-            speaker=self.speaker,
+            speaker=self.speaker or 0,
             max_audio_length_ms=self.max_audio_length_ms,
             encoding=encoding,
             request_id=self.request_id or "",
+            raw_text=self.raw_text,
         )
         if self.temperature is not None:
             msg.temperature = self.temperature
@@ -124,9 +129,7 @@ def parse_speak(body: object, max_text_chars: int, max_audio_ms: int = ENGINE_MA
     fmt = HTTP_FORMATS.get(fmt_name.lower())  # type: ignore[union-attr]
     if fmt is None:
         raise _invalid("output_format", f"must be one of {', '.join(HTTP_FORMATS)}, got {fmt_name!r}")
-    voice = _string(body, "voice_profile_id", DEFAULT_VOICE) or DEFAULT_VOICE
-    if voice != DEFAULT_VOICE:
-        raise ApiError(422, UNKNOWN_VOICE, f"voice_profile_id: no voice profile {voice!r}", "voice_profile_id")
+    voice = _string(body, "voice_profile_id", DEFAULT_VOICE, MAX_VOICE_ID_CHARS) or DEFAULT_VOICE
     temperature = body.get("temperature")
     if temperature is not None:
         if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
@@ -137,9 +140,15 @@ def parse_speak(body: object, max_text_chars: int, max_audio_ms: int = ENGINE_MA
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise _invalid("stream", f"must be true or false, got {type(stream).__name__}")
+    raw_text = False if body.get("raw_text") is None else body["raw_text"]
+    if not isinstance(raw_text, bool):
+        raise _invalid("raw_text", f"must be true or false, got {type(raw_text).__name__}")
+    context = _string(body, "context", "none", 16)
+    if context not in CONTEXT_MODES:
+        raise _invalid("context", f"must be one of {', '.join(CONTEXT_MODES)}, got {context!r}")
     return SpeakParams(
         text=text,
-        speaker=_integer(body, "speaker", 0, 0, MAX_INT32),  # type: ignore[arg-type]
+        speaker=_integer(body, "speaker", None, 0, MAX_INT32),
         max_audio_length_ms=_integer(  # type: ignore[arg-type]
             body, "max_audio_length_ms", min(DEFAULT_MAX_AUDIO_MS, max_audio_ms), MIN_AUDIO_MS, max_audio_ms
         ),
@@ -150,4 +159,6 @@ def parse_speak(body: object, max_text_chars: int, max_audio_ms: int = ENGINE_MA
         seed=_integer(body, "seed", None, 0, MAX_SEED),
         request_id=_string(body, "request_id", None, MAX_REQUEST_ID_CHARS),
         stream=stream,
+        session_context=context == "session",
+        raw_text=raw_text,
     )

@@ -12,6 +12,7 @@ from csm_service.config import ServiceConfig
 from csm_service.edge.backend import Backend
 from csm_service.edge.rate_limit import RateLimiter
 from csm_service.metrics import EdgeMetrics
+from csm_service.voices import VoiceStore
 
 
 @dataclass
@@ -22,6 +23,7 @@ class EdgeState:
     metrics: EdgeMetrics
     checker: KeyChecker = field(default_factory=lambda: KeyChecker(()))
     limiter: RateLimiter = field(default_factory=lambda: RateLimiter(0.0, 1))
+    voices: VoiceStore | None = None  # type: ignore[assignment]
     sessions: set = field(default_factory=set)  # open WsSession objects
     draining: bool = False  # SIGTERM: refuse new work, let accepted work finish
     http_inflight: int = 0  # HTTP synthesis requests being answered

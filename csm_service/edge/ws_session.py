@@ -34,7 +34,9 @@ from csm_service.edge.errors import (
 )
 from csm_service.edge.params import SpeakParams, parse_speak
 from csm_service.edge.rate_limit import client_id
+from csm_service.edge.speech import Spoken, speak
 from csm_service.edge.state import EdgeState
+from csm_service.edge.voices_api import caller_turn, lookup_voice, synthesis_request
 from csm_service.rpc.formats import FINISH_REASON_NAMES
 from csm_service.rpc.gen.csm.v1 import tts_pb2 as pb
 
@@ -42,7 +44,8 @@ log = logging.getLogger(__name__)
 
 WS_FORMAT = "mulaw_8khz"  # the seed: always G.711 mu-law at 8 kHz on the WebSocket
 MULAW_BYTES_PER_MS = 8
-KNOWN_TYPES = ("synthesize", "ping", "close", "cancel", "auth")
+KNOWN_TYPES = ("synthesize", "ping", "close", "cancel", "auth", "context")
+MAX_HISTORY_TURNS = 64  # the engine trims further, to the position budget
 POLICY_VIOLATION = 1008
 NORMAL_CLOSURE = 1000
 _request_ids = itertools.count(1)
@@ -57,6 +60,17 @@ class Job:
     task: asyncio.Task | None = None
     is_cancelled: bool = False
     first_audio_ms: int | None = None  # received -> first audio reply queued
+    request: pb.SynthesizeRequest | None = None  # voice prefix set; session context added when it runs
+    turn: Turn | None = None  # this utterance's place in the session's history
+    earlier: tuple[Turn, ...] = ()  # with "context": "session": the turns before it
+
+
+@dataclass
+class Turn:
+    """One utterance of the conversation, in arrival order: ours once generated, or the caller's."""
+
+    segment: pb.ContextSegment | None = None  # None while ours is being generated, or if it failed
+    done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 def _ms(num_bytes: int) -> int:
@@ -99,6 +113,7 @@ class WsSession:
         self.ready_jobs: asyncio.Queue[Job] = asyncio.Queue()
         self.send_lock = asyncio.Lock()
         self.closing = False
+        self.history: deque[Turn] = deque(maxlen=MAX_HISTORY_TURNS)  # the conversation so far
 
     # -- sending ---------------------------------------------------------------------------------
     async def send(self, message: dict[str, object]) -> None:
@@ -191,6 +206,8 @@ class WsSession:
             await self._on_cancel(message.get("request_id"))
         elif kind == "auth":
             await self.send({"type": "authenticated"})  # already: keys are off or were checked
+        elif kind == "context":
+            await self._on_context(message)
         else:
             await self.send(
                 ApiError(400, UNKNOWN_TYPE, f"type {kind[:64]!r} is not one of {', '.join(KNOWN_TYPES)}").ws_message()
@@ -248,15 +265,41 @@ class WsSession:
                     f"at most {self.cfg.max_inflight_per_session} synthesize requests per session at once",
                     outcome="rejected",
                 )
+            voice = lookup_voice(self.state, params.voice_profile_id)
         except ApiError as err:
             self.state.metrics.requests.labels("ws_synthesize", err.outcome).inc()
             await self.send(err.ws_message(echo_id))
             return
         request_id = params.request_id or f"{self.session_id[:64]}-{next(_request_ids)}"
         job = Job(params, request_id, time.perf_counter())
+        job.request = synthesis_request(params, pb.MULAW_8KHZ, voice)
+        if params.session_context:
+            job.request.max_context_positions = self.cfg.session_context_positions
+            job.earlier = tuple(self.history)
+        job.turn = Turn()
+        self.history.append(job.turn)
         self.jobs.append(job)
         job.task = asyncio.create_task(self._produce(job))
         self.ready_jobs.put_nowait(job)
+
+    async def _on_context(self, message: dict) -> None:
+        """A caller turn for the conversation: transcript, and optionally its audio."""
+        try:
+            segment = await caller_turn(self.state, message)
+        except ApiError as err:
+            await self.send(err.ws_message())
+            return
+        turn = Turn(segment)
+        turn.done.set()
+        self.history.append(turn)
+        await self.send(
+            {
+                "type": "context_added",
+                "speaker": segment.speaker,
+                "num_frames": len(segment.codes) // 32,
+                "turns": sum(t.segment is not None for t in self.history),
+            }
+        )
 
     async def _on_cancel(self, request_id: object) -> None:
         if request_id is not None and not isinstance(request_id, str):
@@ -288,8 +331,15 @@ class WsSession:
         echo = {"request_id": job.request_id} if params.stream or params.request_id else {}
         parts: list[bytes] = []
         chunk_index = 0
+        spoken = Spoken()
         try:
-            async with contextlib.aclosing(self.state.backend.stream(params.to_proto(pb.MULAW_8KHZ))) as chunks:
+            request = job.request
+            if params.session_context:  # the conversation so far, once the earlier turns exist
+                for turn in job.earlier:
+                    await turn.done.wait()
+                request.context.extend(t.segment for t in job.earlier if t.segment is not None)
+            utterance = speak(self.state.backend, request, self.cfg.max_piece_chars, spoken)
+            async with contextlib.aclosing(utterance) as chunks:
                 async for chunk in chunks:
                     elapsed_ms = round((time.perf_counter() - job.received_at) * 1000)
                     parts.append(chunk.audio)
@@ -300,7 +350,10 @@ class WsSession:
                             job.first_audio_ms = elapsed_ms
                             metrics.ttfa.labels(endpoint).observe(elapsed_ms / 1000)
                     if chunk.final:
-                        self._finish(job, chunk, b"".join(parts), chunk_index, echo, endpoint)
+                        job.turn.segment = pb.ContextSegment(
+                            speaker=request.speaker, text=params.text, codes=spoken.codes
+                        )
+                        self._finish(job, spoken, b"".join(parts), chunk_index, echo, endpoint)
                         return
             raise ApiError(500, SYNTHESIS_FAILED, "the engine ended the stream without a final chunk")
         except ApiError as err:
@@ -311,9 +364,10 @@ class WsSession:
             metrics.requests.labels(endpoint, "error").inc()
             job.replies.put_nowait(ApiError(500, SYNTHESIS_FAILED).ws_message(job.request_id if echo else None))
         finally:
+            job.turn.done.set()
             job.replies.put_nowait(None)
 
-    def _finish(self, job: Job, final: pb.AudioChunk, audio: bytes, num_chunks: int, echo: dict, endpoint: str) -> None:
+    def _finish(self, job: Job, spoken: Spoken, audio: bytes, num_chunks: int, echo: dict, endpoint: str) -> None:
         elapsed_s = time.perf_counter() - job.received_at
         duration_ms = _ms(len(audio))
         metrics = self.state.metrics
@@ -333,6 +387,7 @@ class WsSession:
                 }
             )
             return
+        final, first = spoken.final, spoken.first_timings
         job.replies.put_nowait(
             {
                 "type": "done",
@@ -340,10 +395,14 @@ class WsSession:
                 "chunks": num_chunks,
                 "duration_ms": duration_ms,
                 "time_to_first_audio_ms": job.first_audio_ms,
-                "engine_time_to_first_audio_ms": round(final.timings.time_to_first_audio_ms, 1),
+                "engine_time_to_first_audio_ms": round(first.time_to_first_audio_ms, 1) if first else None,
                 "generation_time_ms": round(elapsed_s * 1000),
                 "real_time_factor": round(elapsed_s * 1000 / duration_ms, 4) if duration_ms else None,
-                "finish_reason": FINISH_REASON_NAMES.get(final.finish_reason, "unknown"),
-                "seed": final.seed,
+                "finish_reason": FINISH_REASON_NAMES.get(final.finish_reason, "unknown") if final else "unknown",
+                "seed": spoken.seed,
+                "pieces": spoken.pieces,
+                "prompt_positions": first.prompt_positions if first else None,
+                "context_segments": first.context_segments if first else None,
+                "prefix_cache_hit": first.prefix_cache_hit if first else None,
             }
         )

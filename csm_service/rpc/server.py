@@ -33,6 +33,7 @@ from csm_service.rpc.convert import codes_to_proto, to_engine_request
 from csm_service.rpc.formats import ENCODING_FORMATS, FINISH_REASONS, SERVICE_NAME
 from csm_service.rpc.gen.csm.v1 import tts_pb2 as pb
 from csm_service.rpc.gen.csm.v1 import tts_pb2_grpc
+from csm_service.voices import DEFAULT_VOICE, VoiceStore
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +56,11 @@ def _timings(finished: Finished) -> pb.Timings:
 
 
 class TextToSpeechServicer(tts_pb2_grpc.TextToSpeechServicer):
-    def __init__(self, metrics: EngineMetrics, model: str = "") -> None:
+    def __init__(self, metrics: EngineMetrics, model: str = "", voices: VoiceStore | None = None) -> None:
         self.engine: Engine | None = None  # set once loaded and warmed
         self.metrics = metrics
         self.model = model
+        self.voices = voices  # profiles for voice_profile_id (None: only "default")
 
     async def GetInfo(self, request: pb.GetInfoRequest, context: grpc.aio.ServicerContext) -> pb.EngineInfo:
         return _engine_info(self.engine, self.model)
@@ -78,6 +80,22 @@ class TextToSpeechServicer(tts_pb2_grpc.TextToSpeechServicer):
             )
         return engine
 
+    async def _apply_voice(self, request: pb.SynthesizeRequest, context: grpc.aio.ServicerContext) -> None:
+        """Put the stored profile's prompt first in the context, as the cached prefix."""
+        voice = await asyncio.to_thread(self.voices.get, request.voice_profile_id) if self.voices else None
+        if voice is None:
+            await self._abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"voice_profile_id: no voice profile {request.voice_profile_id[:80]!r}",
+                "invalid",
+            )
+        segment = pb.ContextSegment(speaker=voice.speaker, text=voice.transcript, codes=voice.codes.T.ravel().tolist())
+        rest = list(request.context)
+        del request.context[:]
+        request.context.extend([segment, *rest])
+        request.prefix_segments += 1
+
     async def _encoder(self, request: pb.SynthesizeRequest, context: grpc.aio.ServicerContext) -> StreamEncoder:
         """A fresh per-utterance encoder for the requested format, or INVALID_ARGUMENT."""
         fmt = ENCODING_FORMATS.get(request.encoding)
@@ -92,6 +110,8 @@ class TextToSpeechServicer(tts_pb2_grpc.TextToSpeechServicer):
     ) -> AsyncIterator[AudioChunk | Finished]:
         """Submit to the engine and yield its events; aborts with the right status on failure."""
         engine = await self._serving_engine(context)
+        if request.voice_profile_id not in ("", DEFAULT_VOICE):
+            await self._apply_voice(request, context)
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[AudioChunk | Finished] = asyncio.Queue()
         try:
@@ -229,9 +249,14 @@ class EngineServer:
     """The grpc.aio server around one engine, with health and reflection."""
 
     def __init__(
-        self, metrics: EngineMetrics, address: str, model: str = "", checker: KeyChecker | None = None
+        self,
+        metrics: EngineMetrics,
+        address: str,
+        model: str = "",
+        checker: KeyChecker | None = None,
+        voices: VoiceStore | None = None,
     ) -> None:
-        self.servicer = TextToSpeechServicer(metrics, model)
+        self.servicer = TextToSpeechServicer(metrics, model, voices)
         self.health = HealthServicer()
         interceptors = [GrpcKeyInterceptor(checker)] if checker is not None and checker.enabled else []
         self.server = grpc.aio.server(options=[("grpc.so_reuseport", 0)], interceptors=interceptors)

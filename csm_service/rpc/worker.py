@@ -14,6 +14,7 @@ from csm_service.engine.build import build_engine
 from csm_service.engine.engine import Engine
 from csm_service.metrics import EngineMetrics
 from csm_service.rpc.server import EngineServer
+from csm_service.voices import VoiceStore
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,9 @@ async def run_engine_worker(cfg: ServiceConfig) -> int:
     metrics = EngineMetrics(registry)
     checker = KeyChecker(api_keys(cfg))
     warn_if_open(checker, cfg.grpc_host, "the gRPC engine worker")
-    server = EngineServer(metrics, f"{cfg.grpc_host}:{cfg.grpc_port}", cfg.engine.model, checker)
+    server = EngineServer(
+        metrics, f"{cfg.grpc_host}:{cfg.grpc_port}", cfg.engine.model, checker, VoiceStore(cfg.data_dir)
+    )
     await server.start()  # health: NOT_SERVING while the model loads
     log.info("gRPC listening on %s:%d (NOT_SERVING until the model is warm)", cfg.grpc_host, server.port)
     if cfg.metrics_port:

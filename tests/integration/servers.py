@@ -73,6 +73,8 @@ def start_engine(tmp: Path, *extra: str, grpc_port: int = 0) -> tuple[Process, i
             str(grpc_port),
             "--metrics-port",
             str(metrics_port),
+            "--data-dir",
+            str(tmp / "engine-data"),
             *extra,
         ],
         tmp / f"engine-{grpc_port}-{metrics_port}.log",
@@ -106,7 +108,7 @@ def start_serve(tmp: Path, *extra: str, env: dict[str, str] | None = None, grpc_
     """``csm-service serve --model tiny-random`` on loopback; returns the process and its HTTP port."""
     port = free_port()
     args = ["serve", "--model", "tiny-random", "--host", "127.0.0.1", "--port", str(port)]
-    args += ["--grpc-host", "127.0.0.1", "--grpc-port", str(grpc_port), *extra]
+    args += ["--grpc-host", "127.0.0.1", "--grpc-port", str(grpc_port), "--data-dir", str(tmp / f"data-{port}"), *extra]
     return Process(args, tmp / f"serve-{port}.log", env=env), port
 
 
@@ -114,7 +116,19 @@ def start_edge(tmp: Path, engines: str, *extra: str) -> tuple[Process, int]:
     """``csm-service edge --engine ...`` on loopback; returns the process and its HTTP port."""
     port = free_port()
     proc = Process(
-        ["edge", "--engine", engines, "--host", "127.0.0.1", "--port", str(port), *extra], tmp / f"edge-{port}.log"
+        [
+            "edge",
+            "--engine",
+            engines,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(tmp / "edge-data"),
+            *extra,
+        ],
+        tmp / f"edge-{port}.log",
     )
     return proc, port
 

@@ -14,10 +14,10 @@ from csm_service.rpc.gen.csm.v1 import tts_pb2 as pb
 
 def test_seed_defaults():
     params = parse_speak({"text": "Hello, how are you?"}, 4000)
-    assert params.speaker == 0 and params.max_audio_length_ms == DEFAULT_MAX_AUDIO_MS == 30000
+    assert params.speaker is None and params.max_audio_length_ms == DEFAULT_MAX_AUDIO_MS == 30000
     assert params.output_format is WAV and params.voice_profile_id == "default" and params.stream is False
     msg = params.to_proto(pb.PCM16_24KHZ)
-    assert msg.text == "Hello, how are you?" and msg.max_audio_length_ms == 30000
+    assert msg.text == "Hello, how are you?" and msg.max_audio_length_ms == 30000 and msg.speaker == 0
     assert not msg.HasField("seed") and not msg.HasField("temperature") and not msg.HasField("top_k")
 
 
@@ -86,7 +86,17 @@ def test_rpc_errors_map_to_client_errors(code, details, status, message):
         assert err.retry_after_s == 1
 
 
-def test_openapi_covers_every_route():
+async def _routes(tmp_path) -> list:
+    from csm_service.edge.app import build_app
+    from csm_service.rpc.client import EngineClient
+
+    client = EngineClient("127.0.0.1:1")
+    app = build_app(ServiceConfig(data_dir=str(tmp_path)), client, __import__("prometheus_client").CollectorRegistry())
+    await client.close()
+    return [r for r in app.router.routes() if r.method != "HEAD"]
+
+
+def test_openapi_covers_every_route(tmp_path):
     from csm_service.edge.app import build_app
     from csm_service.rpc.client import EngineClient
 
@@ -102,6 +112,11 @@ def test_openapi_covers_every_route():
     spec = build_spec()
     documented = set(spec["paths"]) | {"/openapi.json", "/docs"}
     assert served == documented
+    methods = {(r.resource.canonical, r.method.lower()) for r in asyncio.run(_routes(tmp_path))}
+    assert methods == {(path, m) for path, ops in spec["paths"].items() for m in ops} | {
+        ("/openapi.json", "get"),
+        ("/docs", "get"),
+    }
     page = render_docs(spec)
     assert all(path in page for path in spec["paths"])
 
