@@ -159,17 +159,20 @@ def main(argv: list[str] | None = None) -> int:
     frame.add_argument("--no-peer", action="store_true", help="skip transformers")
     frame.add_argument("--no-cuda-graphs", action="store_true", help="ours eager on CUDA")
     frame.add_argument("--json", help="also write the JSON here")
-    from csm_service import bench_engine
+    from csm_service import bench_engine, bench_prefix
 
     bench_engine.add_parser(sub)
+    bench_prefix.add_parser(sub)
     args = parser.parse_args(argv)
-    if args.which == "engine":
-        result = bench_engine.bench_engine(args)
-    else:
-        result = bench_frame(args)
+    run, table = {
+        "engine": (bench_engine.bench_engine, bench_engine.print_engine_table),
+        "prefix": (bench_prefix.bench_prefix, bench_prefix.print_prefix_table),
+        "frame": (bench_frame, print_frame_table),
+    }[args.which]
+    result = run(args)
     text = json.dumps(result, indent=2)
     print(text)
-    (bench_engine.print_engine_table if args.which == "engine" else print_frame_table)(result)
+    table(result)
     if args.json:
         with open(args.json, "w") as f:
             f.write(text + "\n")

@@ -25,6 +25,7 @@ def _engine_flags(p: argparse.ArgumentParser) -> None:
         "--no-cuda-graphs", dest="use_cuda_graphs", action="store_false", default=None, help="eager mode (debugging)"
     )
     g.add_argument("--seed", type=int, help="seed of the tiny-random weights")
+    g.add_argument("--prefix-cache-mb", type=int, help="voice-prompt KV cache, 0 = off (CSM_PREFIX_CACHE_MB, 1024)")
 
 
 def _config(args: argparse.Namespace, names: tuple[str, ...]) -> ServiceConfig:
@@ -42,6 +43,7 @@ ENGINE_OPTS = (
     "mimi_weights",
     "use_cuda_graphs",
     "seed",
+    "prefix_cache_mb",
 )
 
 

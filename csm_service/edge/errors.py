@@ -35,6 +35,7 @@ HTTP_TITLES = {
     401: "Unauthorized",
     404: "Not Found",
     405: "Method Not Allowed",
+    409: "Conflict",
     413: "Payload Too Large",
     422: "Validation Error",
     426: "Upgrade Required",

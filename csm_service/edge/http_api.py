@@ -138,6 +138,7 @@ async def _synthesize(request: web.Request, started: float) -> web.Response:
         "seed": spoken.seed,
         "finish_reason": FINISH_REASON_NAMES.get(final.finish_reason, "unknown") if final else "unknown",
         "pieces": spoken.pieces,
+        "piece_frames": spoken.piece_frames,
         "prompt_positions": first.prompt_positions if first else 0,
         "prefix_cache_hit": first.prefix_cache_hit if first else False,
     }

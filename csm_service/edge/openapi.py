@@ -315,6 +315,7 @@ def build_spec(
                     "responses": {
                         "200": {"description": "The profile", **_json({"$ref": "#/components/schemas/Voice"})},
                         "401": _error("API keys are configured and none or a wrong one was sent"),
+                        "400": _error("include_codes is not true or false"),
                         "404": _error("Unknown voice profile"),
                     },
                 },
@@ -325,7 +326,7 @@ def build_spec(
                     "parameters": [VOICE_ID],
                     "responses": {
                         "204": {"description": "Deleted"},
-                        "400": _error("The built-in default voice cannot be deleted"),
+                        "409": _error("The built-in default voice cannot be deleted"),
                         "401": _error("API keys are configured and none or a wrong one was sent"),
                         "404": _error("Unknown voice profile"),
                     },

@@ -4,7 +4,8 @@ Text longer than ``max_piece_chars`` is split at sentence boundaries (then at cl
 then at spaces) into pieces generated one after another, each with the previous piece (its text
 and generated codes) as context so the prosody carries over. Their chunks come out as one stream:
 ``sequence`` keeps counting and only the last piece's final chunk is final. The request's
-``max_audio_length_ms`` bounds the whole.
+``max_audio_length_ms`` bounds the whole; each piece may use its share of what is left (by text
+length), so a piece that never reaches its end frame cannot starve the ones after it.
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ class Spoken:
     seed: int = 0  # the first piece's; piece i uses seed + i
     num_frames: int = 0
     codes: list[int] = field(default_factory=list)  # every piece's codes, frame-major
+    piece_frames: list[int] = field(default_factory=list)
+    piece_prompt_positions: list[int] = field(default_factory=list)  # context + text rows per piece
     final: pb.AudioChunk | None = None  # the last piece's final chunk (timings, reason, seed)
     first_timings: pb.Timings | None = None  # the first piece's (time to first audio, prefill)
 
@@ -83,7 +86,10 @@ async def speak(
         piece = pb.SynthesizeRequest()
         piece.CopyFrom(request)
         piece.text = text
-        piece.max_audio_length_ms = budget_ms - spoken.num_frames * FRAME_MS
+        # Each piece gets its share of what is left, by text length, so no piece can starve the rest.
+        left_ms = budget_ms - spoken.num_frames * FRAME_MS
+        share = len(text) / sum(len(p) for p in pieces[index:])
+        piece.max_audio_length_ms = max(FRAME_MS, int(left_ms * share) // FRAME_MS * FRAME_MS)
         if request.HasField("seed"):
             piece.seed = (request.seed + index) % 2**63
         if previous is not None:
@@ -98,6 +104,8 @@ async def speak(
             spoken.pieces += 1
             spoken.num_frames += chunk.num_frames
             spoken.codes.extend(chunk.codes)
+            spoken.piece_frames.append(chunk.num_frames)
+            spoken.piece_prompt_positions.append(chunk.timings.prompt_positions)
             if spoken.first_timings is None:
                 spoken.first_timings = chunk.timings
             out_of_budget = budget_ms - spoken.num_frames * FRAME_MS < FRAME_MS

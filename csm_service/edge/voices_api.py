@@ -15,7 +15,8 @@ import binascii
 
 import numpy as np
 import soxr
-from aiohttp import web
+from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from csm_service.audio.decode import BadAudio, decode_audio, to_pcm16
 from csm_service.audio.g711 import mulaw_to_pcm16
@@ -32,6 +33,7 @@ MIN_VOICE_SECONDS = 0.5
 MAX_TRANSCRIPT_CHARS, MAX_NAME_CHARS, MAX_DESCRIPTION_CHARS = 2000, 100, 500
 MAX_FIELD_BYTES = 16 << 10  # a text form field
 ENCODE_TIMEOUT_S = 60.0
+BOOLEAN_VALUES = ("true", "false", "1", "0")
 
 
 def _field_error(field: str, detail: str, status: int = 422) -> ApiError:
@@ -46,12 +48,12 @@ async def _read_form(request: web.Request, max_upload_bytes: int) -> tuple[bytes
         )
     try:
         reader = await request.multipart()
-    except (ValueError, AssertionError, KeyError) as exc:
+    except (ValueError, AssertionError, KeyError, HttpProcessingError) as exc:
         raise ApiError(400, INVALID_MESSAGE_FORMAT, f"malformed multipart body: {exc}") from None
     audio, fields = None, {}
     try:
         while (part := await reader.next()) is not None:
-            if not isinstance(part, web.BodyPartReader) or part.name is None:
+            if not isinstance(part, BodyPartReader) or part.name is None:
                 continue
             limit = max_upload_bytes if part.name in ("file", "audio") else MAX_FIELD_BYTES
             data = bytearray()
@@ -68,7 +70,7 @@ async def _read_form(request: web.Request, max_upload_bytes: int) -> tuple[bytes
                     raise _field_error(part.name, "must be UTF-8 text") from None
     except ApiError:
         raise
-    except (ValueError, AssertionError, RuntimeError) as exc:  # the parser's complaints
+    except (ValueError, AssertionError, RuntimeError, HttpProcessingError) as exc:  # the parser's complaints
         raise ApiError(400, INVALID_MESSAGE_FORMAT, f"malformed multipart body: {exc}") from None
     return audio, fields
 
@@ -142,13 +144,16 @@ def _unknown(voice_id: str) -> ApiError:
 
 async def get_voice(request: web.Request) -> web.Response:
     voice_id = request.match_info["voice_id"]
+    include_codes = request.query.getall("include_codes", [])
+    if any(v.lower() not in BOOLEAN_VALUES for v in include_codes) or len(include_codes) > 1:
+        raise ApiError(400, INVALID_MESSAGE_FORMAT, "include_codes: true or false, once", "include_codes")
     if voice_id == DEFAULT_VOICE:
         return web.json_response(BUILTIN_DEFAULT)
     voice = await asyncio.to_thread(request.app[STATE].voices.get, voice_id)
     if voice is None:
         raise _unknown(voice_id)
     body = voice.summary()
-    if request.query.get("include_codes", "").lower() in ("1", "true", "yes"):
+    if include_codes and include_codes[0].lower() in ("1", "true"):
         body["codes"] = voice.codes.tolist()  # [32][num_frames]
     return web.json_response(body)
 
@@ -156,7 +161,7 @@ async def get_voice(request: web.Request) -> web.Response:
 async def delete_voice(request: web.Request) -> web.Response:
     voice_id = request.match_info["voice_id"]
     if voice_id == DEFAULT_VOICE:
-        raise ApiError(400, INVALID_MESSAGE_FORMAT, "the built-in default voice cannot be deleted", "voice_id")
+        raise ApiError(409, "Conflict", "the built-in default voice cannot be deleted", "voice_id")
     if not await asyncio.to_thread(request.app[STATE].voices.delete, voice_id):
         raise _unknown(voice_id)
     return web.Response(status=204)

@@ -401,6 +401,8 @@ class WsSession:
                 "finish_reason": FINISH_REASON_NAMES.get(final.finish_reason, "unknown") if final else "unknown",
                 "seed": spoken.seed,
                 "pieces": spoken.pieces,
+                "piece_frames": spoken.piece_frames,
+                "piece_prompt_positions": spoken.piece_prompt_positions,
                 "prompt_positions": first.prompt_positions if first else None,
                 "context_segments": first.context_segments if first else None,
                 "prefix_cache_hit": first.prefix_cache_hit if first else None,

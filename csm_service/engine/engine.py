@@ -7,6 +7,7 @@ Start-up order: build -> load -> warm up -> SERVING (``start``); ``drain`` stops
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import secrets
@@ -19,7 +20,7 @@ import numpy as np
 import soxr
 import torch
 
-from csm_service.config import FRAME_MS, SAMPLE_RATE, EngineConfig
+from csm_service.config import FRAME_MS, NUM_MIMI_CODES, SAMPLE_RATE, EngineConfig
 from csm_service.engine.device_info import device_info
 from csm_service.engine.prefix_cache import PrefixCache, prefix_key
 from csm_service.engine.prompt import Prompt, assemble_prompt, check_room
@@ -123,10 +124,13 @@ class Engine:
     def prepare(self, request: SynthesisRequest) -> Prompt:
         """Validate, normalise and tokenise -> the prompt rows [S, 33]; raises InvalidRequest."""
         validate_request(request, self.max_audio_ms)
-        text = normalize(request.text) if request.normalize_text else request.text
+        text, context = request.text, request.context
+        if request.normalize_text:  # what was said before is read the same way as the new text
+            text = normalize(text)
+            context = tuple(dataclasses.replace(seg, text=normalize(seg.text)) for seg in context)
         prompt = assemble_prompt(
             self.tokenizer,
-            request.context,
+            context,
             text,
             request.speaker,
             self.model_cfg.num_codebooks,
@@ -340,7 +344,10 @@ class Engine:
         timings = state.timings
         timings.total_s = time.perf_counter() - state.handle.submitted_at
         timings.audio_s = len(state.frames) * FRAME_MS / 1000
-        codes = np.stack(state.frames, axis=1) if state.frames else np.zeros((32, 0), dtype=np.int64)
+        # The codes as Mimi decoded them (reserved ids clamped), so they can serve as context later.
+        codes = (
+            np.stack(state.frames, axis=1).clip(0, NUM_MIMI_CODES - 1) if state.frames else np.zeros((32, 0), np.int64)
+        )
         self._count(reason)
         self._deliver(state.handle, Finished(reason, len(state.frames), state.handle.seed, timings, error, codes))
 

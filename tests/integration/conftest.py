@@ -15,6 +15,8 @@ LIMITS = {
     "max_body_bytes": 65536,
     "max_text_chars": 500,
     "max_sessions": 12,
+    "session_context_positions": 120,
+    "max_piece_chars": 60,
 }
 
 
@@ -30,6 +32,10 @@ class Served:
 
     def ws_url(self, session_id: str) -> str:
         return f"ws://127.0.0.1:{self.port}/v1/native/ws/{session_id}"
+
+    @property
+    def data_dir(self) -> str:
+        return str(self.proc.log_path.parent / f"data-{self.port}")
 
     def metric(self, name: str) -> float:
         return metric(self.port, name)
