@@ -274,3 +274,36 @@ async def test_round_robin_over_two_workers(tmp_path):
             await client.close()
         for proc, _, _ in workers:
             proc.stop()
+
+
+async def test_voice_profile_id_resolves_from_the_workers_store(engine):
+    """A worker resolves voice_profile_id from its own CSM_DATA_DIR: the profile's prompt goes first,
+    as a cached prefix; an unknown id is INVALID_ARGUMENT."""
+    from csm_service.model.tokenizer import ByteTokenizer
+    from csm_service.voices import VoiceStore
+
+    data_dir = engine["proc"].log_path.parent / "engine-data"  # start_engine's --data-dir
+    store = VoiceStore(data_dir)
+    try:
+        codes = np.random.default_rng(1).integers(0, 2048, (32, 12))
+        voice = store.create("Ana", "Hello, I am Ana.", codes, speaker=2, description="", duration_ms=960.0)
+    finally:
+        store.close()
+    client = EngineClient(engine["addr"])
+    try:
+        plain = await client.synthesize(request(speaker=2, max_audio_length_ms=160), timeout=60)
+        voiced = [
+            await client.synthesize(
+                request(speaker=2, max_audio_length_ms=160, voice_profile_id=voice.voice_id), timeout=60
+            )
+            for _ in range(2)
+        ]
+        added = len(ByteTokenizer().encode("[2]Hello, I am Ana.")) + 12 + 1
+        assert voiced[0].timings.prompt_positions == plain.timings.prompt_positions + added
+        assert voiced[0].timings.context_segments == 1 and voiced[1].timings.prefix_cache_hit
+        assert voiced[0].codes == voiced[1].codes
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await client.synthesize(request(voice_profile_id="voice_missing"), timeout=60)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "voice_profile_id" in err.value.details()
+    finally:
+        await client.close()
