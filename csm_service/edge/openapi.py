@@ -166,7 +166,9 @@ SCHEMAS: dict[str, dict] = {
 
 WEBSOCKET_DOC = """Real-time synthesis. Client messages (JSON text frames):
 `{"type": "synthesize", "text", "voice_profile_id"?, "stream"?, "request_id"?, "speaker"?,
-"max_audio_length_ms"?, "temperature"?, "top_k"?, "seed"?}`, `{"type": "ping"}`, `{"type": "close"}`,
+"max_audio_length_ms"?, "temperature"?, "top_k"?, "seed"?, "context"?: "session", "raw_text"?}`,
+`{"type": "context", "text", "speaker"?, "audio_base64"?, "format"?}` (a caller turn for the
+session's conversation, answered by `context_added`), `{"type": "ping"}`, `{"type": "close"}`,
 `{"type": "cancel", "request_id"?}`, and with API keys on and none sent at the upgrade, first
 `{"type": "auth", "api_key"}` (a wrong or missing one closes the socket with 1008).
 Server messages: `{"type": "audio", "audio_base64", "duration_ms", "generation_time_ms", "format": "mulaw_8khz"}`
