@@ -48,6 +48,15 @@ def build_random_engine(config: str, cfg: EngineConfig) -> Engine:
     return engine
 
 
+def make_engine(config: str | None, cfg: EngineConfig) -> tuple[Engine, str]:
+    """Random weights of a named shape (``--config``), else a real build of ``cfg.model``."""
+    if config:
+        return build_random_engine(config, cfg), f"random {config}"
+    from csm_service.engine.build import build_engine
+
+    return build_engine(cfg), cfg.model
+
+
 def _percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q)) if values else float("nan")
 
@@ -102,14 +111,7 @@ def bench_engine(args: argparse.Namespace) -> dict:
         use_cuda_graphs=not args.no_cuda_graphs,
     )
     started = time.perf_counter()
-    if args.config:
-        engine = build_random_engine(args.config, cfg)
-        model_name = f"random {args.config}"
-    else:
-        from csm_service.engine.build import build_engine
-
-        engine = build_engine(cfg)
-        model_name = cfg.model
+    engine, model_name = make_engine(args.config, cfg)
     startup_s = time.perf_counter() - started
     device = engine.runner.device
     try:

@@ -17,7 +17,7 @@ import sys
 import numpy as np
 import torch
 
-from csm_service.bench_engine import SHORT_SENTENCE, build_random_engine
+from csm_service.bench_engine import SHORT_SENTENCE, make_engine
 from csm_service.config import FRAME_MS, TINY_RANDOM, EngineConfig
 from csm_service.engine.engine import Engine
 from csm_service.engine.request import Finished, Segment, SynthesisRequest
@@ -41,14 +41,7 @@ def bench_prefix(args: argparse.Namespace) -> dict:
         max_batch=1,
         use_cuda_graphs=not args.no_cuda_graphs,
     )
-    if args.config:
-        engine = build_random_engine(args.config, cfg)
-        model_name = f"random {args.config}"
-    else:
-        from csm_service.engine.build import build_engine
-
-        engine = build_engine(cfg)
-        model_name = cfg.model
+    engine, model_name = make_engine(args.config, cfg)
     frames = int(args.voice_seconds * 1000 / FRAME_MS)
     rows: dict[str, list[Finished]] = {"no voice": [], "voice, cold cache": [], "voice, warm cache": []}
     try:
