@@ -16,8 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
+from csm_service.rpc.convert import codes_to_proto
+from csm_service.rpc.gen.csm.v1 import tts_pb2 as pb
+
 DEFAULT_VOICE = "default"  # the built-in voice: no prompt, speaker id only
 NUM_CODEBOOKS = 32
+MIN_PROMPT_RATE, MAX_PROMPT_RATE = 8_000, 48_000  # sample rates EncodePrompt takes
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS voices (
@@ -48,6 +52,10 @@ class Voice:
     @property
     def num_frames(self) -> int:
         return int(self.codes.shape[1])
+
+    def context_segment(self) -> pb.ContextSegment:
+        """The profile as the first context segment of an engine request."""
+        return pb.ContextSegment(speaker=self.speaker, text=self.transcript, codes=codes_to_proto(self.codes))
 
     def summary(self) -> dict[str, object]:
         """The JSON the API returns (codes only on request)."""
@@ -150,10 +158,6 @@ class VoiceStore:
         with self._lock, self._db:
             self._db.execute("BEGIN IMMEDIATE")
             return self._db.execute("DELETE FROM voices WHERE voice_id = ?", (voice_id,)).rowcount > 0
-
-    def count(self) -> int:
-        with self._lock:
-            return int(self._db.execute("SELECT COUNT(*) FROM voices").fetchone()[0])
 
 
 def _voice(row: tuple) -> Voice:

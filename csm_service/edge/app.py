@@ -78,7 +78,10 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     ws = web.WebSocketResponse(max_msg_size=max(4 << 20, 16 * state.cfg.max_ws_message_bytes), heartbeat=HEARTBEAT_S)
     if not ws.can_prepare(request).ok:
         raise ApiError(
-            426, "Expected a WebSocket upgrade", "connect with a WebSocket client (ws:// or wss://)", upgrade=True
+            426,
+            "Expected a WebSocket upgrade",
+            "connect with a WebSocket client (ws:// or wss://)",
+            headers={"Upgrade": "websocket", "Connection": "Upgrade"},
         )
     presented = bearer_token(request.headers.get("Authorization")) or request.query.get("api_key")
     if state.checker.enabled and presented is not None and not state.checker.is_valid(presented):

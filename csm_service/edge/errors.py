@@ -68,7 +68,7 @@ class ApiError(Exception):
         field: str | None = None,
         retry_after_s: float | None = None,
         outcome: str | None = None,
-        upgrade: bool = False,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(f"{message}: {detail}" if detail else message)
         self.status = status
@@ -77,7 +77,7 @@ class ApiError(Exception):
         self.field = field
         self.retry_after_s = retry_after_s  # HTTP: Retry-After (whole seconds, rounded up); WS: retry_after_ms
         self.outcome = outcome or OUTCOMES.get(status, "error")
-        self.upgrade = upgrade  # 426: answer with "Upgrade: websocket"
+        self.headers = headers or {}  # extra HTTP response headers (e.g. 426's Upgrade)
 
     def http_body(self) -> dict[str, object]:
         body: dict[str, object] = {"error": HTTP_TITLES.get(self.status, "Error"), "detail": str(self)}

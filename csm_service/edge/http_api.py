@@ -29,8 +29,7 @@ def error_response(err: ApiError) -> web.Response:
     headers = {"Retry-After": str(retry_after_header(err.retry_after_s))} if err.retry_after_s else {}
     if err.status == 401:
         headers["WWW-Authenticate"] = "Bearer"
-    if err.upgrade:
-        headers.update({"Upgrade": "websocket", "Connection": "Upgrade"})
+    headers.update(err.headers)
     return web.json_response(err.http_body(), status=err.status, headers=headers or None)
 
 

@@ -15,10 +15,11 @@ import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+from csm_service.config import FRAME_MS
 from csm_service.edge.backend import Backend
+from csm_service.edge.params import DEFAULT_MAX_AUDIO_MS
 from csm_service.rpc.gen.csm.v1 import tts_pb2 as pb
 
-FRAME_MS = 80
 _SENTENCE_END = re.compile(r"(?<=[.!?…])[\"')\]]*\s+")
 _CLAUSE_END = re.compile(r"(?<=[,;:—–])\s+")
 
@@ -79,7 +80,7 @@ async def speak(
     if not request.HasField("seed"):  # drawn here so every piece's seed follows from the one reported
         request.seed = secrets.randbits(63)
     spoken.seed = request.seed
-    budget_ms = request.max_audio_length_ms if request.HasField("max_audio_length_ms") else 30_000
+    budget_ms = request.max_audio_length_ms if request.HasField("max_audio_length_ms") else DEFAULT_MAX_AUDIO_MS
     sequence = 0
     previous: pb.ContextSegment | None = None
     for index, text in enumerate(pieces):

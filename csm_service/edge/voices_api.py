@@ -24,11 +24,11 @@ from csm_service.edge.admission import admit
 from csm_service.edge.errors import INVALID_MESSAGE_FORMAT, UNKNOWN_VOICE, ApiError
 from csm_service.edge.params import MAX_INT32, SpeakParams
 from csm_service.edge.state import STATE, EdgeState
+from csm_service.rpc.convert import codes_from_proto
 from csm_service.rpc.gen.csm.v1 import tts_pb2 as pb
-from csm_service.voices import BUILTIN_DEFAULT, DEFAULT_VOICE, Voice
+from csm_service.voices import BUILTIN_DEFAULT, DEFAULT_VOICE, MAX_PROMPT_RATE, MIN_PROMPT_RATE, Voice
 
 INVALID_AUDIO = "Invalid audio"
-MIN_PROMPT_RATE, MAX_PROMPT_RATE = 8_000, 48_000
 MIN_VOICE_SECONDS = 0.5
 MAX_TRANSCRIPT_CHARS, MAX_NAME_CHARS, MAX_DESCRIPTION_CHARS = 2000, 100, 500
 MAX_FIELD_BYTES = 16 << 10  # a text form field
@@ -125,7 +125,7 @@ async def create_voice(request: web.Request) -> web.Response:
     samples, rate = await asyncio.to_thread(_prepare_audio, audio, state.cfg.max_voice_seconds)
     prompt = pb.EncodePromptRequest(audio=to_pcm16(samples), sample_rate=rate, transcript=transcript, speaker=speaker)
     encoded = await state.backend.encode_prompt(prompt, ENCODE_TIMEOUT_S)
-    codes = np.asarray(encoded.codes, dtype=np.int64).reshape(-1, 32).T
+    codes = codes_from_proto(encoded.codes, "codes")
     voice = await asyncio.to_thread(
         state.voices.create, name, transcript, codes, speaker, description, len(samples) / rate * 1000
     )
@@ -184,9 +184,7 @@ def synthesis_request(
     msg = params.to_proto(encoding)
     segments = []
     if voice is not None:
-        segments.append(
-            pb.ContextSegment(speaker=voice.speaker, text=voice.transcript, codes=voice.codes.T.ravel().tolist())
-        )
+        segments.append(voice.context_segment())
         if params.speaker is None:
             msg.speaker = voice.speaker
     msg.context.extend(segments + list(context or ()))

@@ -22,11 +22,10 @@ from dataclasses import dataclass, field
 
 from aiohttp import WSMsgType, web
 
+from csm_service.edge.admission import admit_client
 from csm_service.edge.errors import (
     INVALID_MESSAGE_FORMAT,
     MESSAGE_TOO_LARGE,
-    RATE_LIMITED,
-    SHUTTING_DOWN,
     SYNTHESIS_FAILED,
     TOO_MANY_IN_FLIGHT,
     UNKNOWN_TYPE,
@@ -250,13 +249,7 @@ class WsSession:
         raw_id = message.get("request_id")
         echo_id = raw_id if isinstance(raw_id, str) else None
         try:
-            if self.state.draining:
-                raise ApiError(503, SHUTTING_DOWN, "this server is draining; reconnect to another", retry_after_s=5)
-            wait_s = self.state.limiter.acquire(self.client)
-            if wait_s:
-                raise ApiError(
-                    429, RATE_LIMITED, f"over {self.state.limiter.rate_per_s:g} requests/s", retry_after_s=wait_s
-                )
+            admit_client(self.state, self.client)
             params = parse_speak(message, self.cfg.max_text_chars, self.cfg.max_audio_length_ms)
             if len(self.jobs) >= self.cfg.max_inflight_per_session:
                 raise ApiError(

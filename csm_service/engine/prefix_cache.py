@@ -34,9 +34,7 @@ def kv_bytes(kv: PrefixKV) -> int:
 
 @dataclass
 class PrefixCacheStats:
-    hits: int = 0
-    misses: int = 0
-    evictions: int = 0
+    evictions: int = 0  # hits and misses are the engine's counters (csm_engine_prefix_cache_*)
 
 
 class PrefixCache:
@@ -51,11 +49,8 @@ class PrefixCache:
 
     def get(self, key: str) -> PrefixKV | None:
         kv = self._entries.get(key)
-        if kv is None:
-            self.stats.misses += 1
-            return None
-        self._entries.move_to_end(key)
-        self.stats.hits += 1
+        if kv is not None:
+            self._entries.move_to_end(key)
         return kv
 
     def put(self, key: str, kv: PrefixKV) -> bool:

@@ -33,11 +33,10 @@ from csm_service.rpc.convert import codes_to_proto, to_engine_request
 from csm_service.rpc.formats import ENCODING_FORMATS, FINISH_REASONS, SERVICE_NAME
 from csm_service.rpc.gen.csm.v1 import tts_pb2 as pb
 from csm_service.rpc.gen.csm.v1 import tts_pb2_grpc
-from csm_service.voices import DEFAULT_VOICE, VoiceStore
+from csm_service.voices import DEFAULT_VOICE, MAX_PROMPT_RATE, MIN_PROMPT_RATE, VoiceStore
 
 log = logging.getLogger(__name__)
 
-MIN_PROMPT_RATE, MAX_PROMPT_RATE = 8_000, 48_000
 MAX_PROMPT_SECONDS = 60.0
 
 
@@ -90,10 +89,9 @@ class TextToSpeechServicer(tts_pb2_grpc.TextToSpeechServicer):
                 f"voice_profile_id: no voice profile {request.voice_profile_id[:80]!r}",
                 "invalid",
             )
-        segment = pb.ContextSegment(speaker=voice.speaker, text=voice.transcript, codes=voice.codes.T.ravel().tolist())
         rest = list(request.context)
         del request.context[:]
-        request.context.extend([segment, *rest])
+        request.context.extend([voice.context_segment(), *rest])
         request.prefix_segments += 1
 
     async def _encoder(self, request: pb.SynthesizeRequest, context: grpc.aio.ServicerContext) -> StreamEncoder:

@@ -11,10 +11,17 @@ import aiohttp
 from tests.integration.servers import async_wait_until, http_status, start_serve, wait_until
 
 
-async def _first_chunk(ws: aiohttp.ClientWebSocketResponse) -> dict:
+async def _streaming(
+    http: aiohttp.ClientSession, port: int, session_id: str, audio_ms: int
+) -> tuple[aiohttp.ClientWebSocketResponse, dict]:
+    """A session with one streamed utterance under way: the socket and its first chunk."""
+    ws = await http.ws_connect(f"ws://127.0.0.1:{port}/v1/native/ws/{session_id}")
+    await ws.send_json(
+        {"type": "synthesize", "text": "finish me", "stream": True, "request_id": "r", "max_audio_length_ms": audio_ms}
+    )
     reply = await ws.receive_json(timeout=60)
     assert reply["type"] == "audio" and reply["chunk_index"] == 0, reply
-    return reply
+    return ws, reply
 
 
 async def test_sigterm_drains_then_exits_zero(tmp_path):
@@ -23,17 +30,8 @@ async def test_sigterm_drains_then_exits_zero(tmp_path):
         wait_until(lambda: http_status(port, "/health") == 200, 120, "serve /health 200")
         base = f"http://127.0.0.1:{port}"
         async with aiohttp.ClientSession() as http:
-            ws = await http.ws_connect(f"ws://127.0.0.1:{port}/v1/native/ws/draining-call")
-            await ws.send_json(
-                {
-                    "type": "synthesize",
-                    "text": "finish me",
-                    "stream": True,
-                    "request_id": "r",
-                    "max_audio_length_ms": 8000,
-                }
-            )
-            chunks = [await _first_chunk(ws)]
+            ws, first = await _streaming(http, port, "draining-call", 8000)
+            chunks = [first]
             proc.signal(signal.SIGTERM)
 
             # Health turns 503 first, while the utterance is still being generated.
@@ -76,17 +74,7 @@ async def test_drain_deadline_closes_sessions_and_still_exits_zero(tmp_path):
     try:
         wait_until(lambda: http_status(port, "/health") == 200, 120, "serve /health 200")
         async with aiohttp.ClientSession() as http:
-            ws = await http.ws_connect(f"ws://127.0.0.1:{port}/v1/native/ws/too-long")
-            await ws.send_json(
-                {
-                    "type": "synthesize",
-                    "text": "endless",
-                    "stream": True,
-                    "request_id": "x",
-                    "max_audio_length_ms": 160_000,
-                }
-            )
-            await _first_chunk(ws)
+            ws, _ = await _streaming(http, port, "too-long", 160_000)
             proc.signal(signal.SIGTERM)
             while (msg := await ws.receive(timeout=30)).type == aiohttp.WSMsgType.TEXT:
                 pass
