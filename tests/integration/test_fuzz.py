@@ -34,7 +34,7 @@ FUZZ = settings(
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 SERVER_ERRORS = {errors.SYNTHESIS_FAILED}  # the WebSocket's 5xx
-REPLY_TYPES = {"audio", "done", "error", "pong", "cancelled", "authenticated"}
+REPLY_TYPES = {"audio", "done", "error", "pong", "cancelled", "authenticated", "context_added"}
 KNOWN_ERRORS = {v for k, v in vars(errors).items() if k.isupper() and isinstance(v, str)}
 
 
@@ -75,11 +75,21 @@ FIELDS = [
     "request_id",
     "stream",
     "api_key",
+    "context",
+    "raw_text",
+    "audio_base64",
+    "format",
 ]
-field_values = json_values | st.text(max_size=60) | st.integers(-(2**65), 2**65) | st.sampled_from(["mulaw", "wav"])
+field_values = (
+    json_values
+    | st.text(max_size=60)
+    | st.integers(-(2**65), 2**65)
+    | st.sampled_from(["mulaw", "wav", "session", "mulaw_8khz", "AAAA"])
+)
 messages = st.builds(
     lambda kind, fields: {"type": kind, **fields},
-    st.sampled_from(["synthesize", "synthesize", "ping", "cancel", "auth", "dance", ""]) | st.text(max_size=10),
+    st.sampled_from(["synthesize", "synthesize", "context", "ping", "cancel", "auth", "dance", ""])
+    | st.text(max_size=10),
     st.dictionaries(st.sampled_from(FIELDS) | st.text(max_size=8), field_values, max_size=6),
 )
 frames = (
