@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from csm_service.auth import KeyChecker, bearer_token, grpc_metadata, warn_if_open
 from csm_service.config import ServiceConfig, api_keys
-from csm_service.edge import http_api, openapi, voices_api
+from csm_service.edge import http_api, openai_api, openapi, voices_api
 from csm_service.edge.backend import Backend
 from csm_service.edge.errors import TOO_MANY_SESSIONS, UNAUTHORIZED, ApiError
 from csm_service.edge.rate_limit import RateLimiter
@@ -53,6 +53,8 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     try:
         return await handler(request)
     except ApiError as err:
+        if request.path.startswith(openai_api.OPENAI_PATHS):
+            return openai_api.openai_error(err)
         return http_api.error_response(err)
     except web.HTTPException as exc:
         if exc.status < 400:
@@ -139,6 +141,10 @@ def build_app(
     app.router.add_get("/v1/voices", voices_api.list_voices)
     app.router.add_get("/v1/voices/{voice_id}", voices_api.get_voice)
     app.router.add_delete("/v1/voices/{voice_id}", voices_api.delete_voice)
+    app.router.add_post("/v1/audio/speech", openai_api.create_speech)
+    app.router.add_get("/v1/audio/voices", openai_api.list_voices)
+    app.router.add_get("/v1/audio/models", openai_api.list_audio_models)
+    app.router.add_get("/v1/models", openai_api.list_models)
     return app
 
 

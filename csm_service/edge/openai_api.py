@@ -1,0 +1,289 @@
+"""OpenAI-compatible speech: ``POST /v1/audio/speech``, ``GET /v1/audio/voices``, model lists.
+
+What the ``openai`` SDK, Open WebUI and other OpenAI-speaking clients send works unchanged:
+
+- ``model``: any name; every name is served by the one CSM model loaded (``tts-1`` included).
+- ``input`` (at most ``--max-text-chars``), ``voice``: ``default``, a voice profile's id or name,
+  ``{"id": ...}``, or one of OpenAI's stock names (alloy, echo, ...), which are the default voice.
+- ``response_format``: wav, pcm (s16le 24 kHz), flac, mp3, opus; and mulaw/alaw (8 kHz) as
+  extensions. aac is refused: no encoder here.
+- ``speed`` 0.25 to 4.0, applied by WSOLA time stretching (CSM has no rate control).
+- ``stream_format``: ``audio`` (the default; raw audio and WAV stream as generated) or ``sse``
+  (``speech.audio.delta`` events with base64 audio, then ``speech.audio.done`` with usage).
+- Extensions: ``seed``, ``temperature``, ``top_k``, ``speaker``, ``max_audio_length_ms``,
+  ``raw_text`` (the native API's meanings).
+
+Errors use OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from aiohttp import web
+
+from csm_service.audio.containers import FILE_FORMATS, NO_ENCODER, FileFormat, encode_file, streaming_wav_header
+from csm_service.audio.encoder import ALAW_8K, MULAW_8K, StreamEncoder
+from csm_service.audio.stretch import MAX_SPEED, MIN_SPEED, TimeStretch
+from csm_service.audio.wav import float_to_pcm16
+from csm_service.config import FRAME_MS
+from csm_service.edge.admission import admit
+from csm_service.edge.errors import INVALID_MESSAGE_FORMAT, ApiError
+from csm_service.edge.http_api import read_json
+from csm_service.edge.params import DEFAULT_VOICE, SpeakParams, parse_speak
+from csm_service.edge.rate_limit import retry_after_header
+from csm_service.edge.speech import Spoken, speak
+from csm_service.edge.state import STATE, EdgeState
+from csm_service.edge.voices_api import lookup_voice, synthesis_request
+from csm_service.rpc.formats import FINISH_REASON_NAMES
+from csm_service.rpc.gen.csm.v1 import tts_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+OPENAI_PATHS = ("/v1/audio/", "/v1/models")
+OPENAI_VOICES = ("alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "onyx", "sage", "shimmer", "verse")
+STREAM_FORMATS = ("audio", "sse")
+MS_PER_CHAR, MIN_DEFAULT_MS = 150, 5_000  # default audio budget: ~2.5x a normal speaking rate
+EXTENSION_FIELDS = ("seed", "temperature", "top_k", "speaker", "max_audio_length_ms", "raw_text")
+MODEL_ID = "csm-1b"
+LISTED_SINCE = int(time.time())  # "created" in the model list
+
+
+def _invalid(param: str, message: str) -> ApiError:
+    return ApiError(400, INVALID_MESSAGE_FORMAT, f"{param}: {message}", param)
+
+
+def openai_error(err: ApiError) -> web.Response:
+    """An ApiError in OpenAI's error shape (the SDK reads ``error.message``)."""
+    kind = "invalid_request_error" if err.status < 500 else "server_error"
+    if err.status == 401:
+        kind = "authentication_error"
+    elif err.status == 429:
+        kind = "rate_limit_error" if err.retry_after_s else "invalid_request_error"
+    body = {"error": {"message": str(err), "type": kind, "param": err.field, "code": err.outcome}}
+    headers = {"Retry-After": str(retry_after_header(err.retry_after_s))} if err.retry_after_s else {}
+    headers.update(err.headers)
+    return web.json_response(body, status=err.status, headers=headers or None)
+
+
+@dataclass(frozen=True)
+class SpeechRequest:
+    params: SpeakParams  # text, voice, sampling; output_format unused (the engine sends PCM16 24 kHz or G.711)
+    file_format: FileFormat
+    speed: float
+    sse: bool
+
+
+def _voice_id(state: EdgeState, voice: object) -> str:
+    """OpenAI's ``voice`` -> a voice_profile_id: stock names and "default" are the default voice."""
+    if isinstance(voice, dict):
+        voice = voice.get("id")
+    if not isinstance(voice, str) or not voice.strip():
+        raise _invalid("voice", 'required: a voice name or id (GET /v1/audio/voices), or {"id": ...}')
+    name = voice.strip()
+    if name.lower() in (DEFAULT_VOICE, *OPENAI_VOICES):
+        return DEFAULT_VOICE
+    if state.voices.get(name) is not None:
+        return name
+    matches = [v.voice_id for v in state.voices.list() if v.name.lower() == name.lower()]
+    if len(matches) == 1:
+        return matches[0]
+    detail = f"{len(matches)} voice profiles are named {name[:80]!r}; use an id" if matches else "unknown voice"
+    raise ApiError(400, INVALID_MESSAGE_FORMAT, f"voice: {detail} {name[:80]!r}", "voice")
+
+
+def parse_speech(body: object, state: EdgeState) -> SpeechRequest:
+    """An OpenAI speech request body -> SpeechRequest; ApiError 400 naming the bad parameter."""
+    if not isinstance(body, dict):
+        raise ApiError(400, INVALID_MESSAGE_FORMAT, f"expected a JSON object, got {type(body).__name__}")
+    model = body.get("model")
+    if not isinstance(model, str) or not model.strip():
+        raise _invalid("model", f"required: a model name (any; {MODEL_ID} serves them all)")
+    text = body.get("input")
+    if not isinstance(text, str):
+        raise _invalid("input", "required: the text to speak")
+    fmt_name = body.get("response_format", "mp3")
+    if not isinstance(fmt_name, str):
+        raise _invalid("response_format", "must be a string")
+    if fmt_name in NO_ENCODER:
+        raise _invalid("response_format", f"{fmt_name} is not available here; use one of {', '.join(FILE_FORMATS)}")
+    fmt = FILE_FORMATS.get(fmt_name)
+    if fmt is None:
+        raise _invalid("response_format", f"must be one of {', '.join(FILE_FORMATS)}, got {fmt_name[:40]!r}")
+    speed = body.get("speed", 1.0)
+    if speed is None:
+        speed = 1.0
+    if isinstance(speed, bool) or not isinstance(speed, (int, float)) or not MIN_SPEED <= speed <= MAX_SPEED:
+        raise _invalid("speed", f"must be a number from {MIN_SPEED} to {MAX_SPEED}, got {speed!r}"[:120])
+    stream_format = body.get("stream_format", "audio")
+    if stream_format not in STREAM_FORMATS:
+        raise _invalid("stream_format", f"must be one of {', '.join(STREAM_FORMATS)}, got {stream_format!r}"[:120])
+    for field in ("instructions",):  # accepted and not used: CSM takes no style prompt
+        if body.get(field) is not None and not isinstance(body[field], str):
+            raise _invalid(field, "must be a string")
+    cfg = state.cfg
+    default_ms = min(cfg.max_audio_length_ms, max(MIN_DEFAULT_MS, len(text) * MS_PER_CHAR) // FRAME_MS * FRAME_MS)
+    native = {"text": text, "voice_profile_id": _voice_id(state, body.get("voice"))}
+    native.update({k: body[k] for k in EXTENSION_FIELDS if body.get(k) is not None})
+    native.setdefault("max_audio_length_ms", default_ms)
+    try:
+        params = parse_speak(native, cfg.max_text_chars, cfg.max_audio_length_ms)
+    except ApiError as err:
+        if err.field == "text":  # OpenAI calls it input
+            raise ApiError(400, err.message, (err.detail or "").replace("text:", "input:", 1), "input") from None
+        raise ApiError(400, err.message, err.detail, err.field) from None
+    return SpeechRequest(params, fmt, float(speed), stream_format == "sse")
+
+
+class SpeechAudio:
+    """Engine chunks -> the response's bytes: tempo change and re-encoding when asked for."""
+
+    def __init__(self, fmt: FileFormat, speed: float) -> None:
+        self.format = fmt
+        self.stretch = TimeStretch(speed) if speed != 1.0 else None
+        g711 = {"mulaw": MULAW_8K, "alaw": ALAW_8K}.get(fmt.g711 or "")
+        # Untouched audio comes from the engine already encoded; stretched audio is re-encoded here.
+        self.g711 = StreamEncoder(g711) if g711 is not None and self.stretch is not None else None
+        if fmt.g711 is None or self.stretch is not None:
+            self.engine_encoding = pb.PCM16_24KHZ
+        else:
+            self.engine_encoding = pb.MULAW_8KHZ if fmt.g711 == "mulaw" else pb.ALAW_8KHZ
+        self.bytes_per_s = fmt.sample_rate * (1 if fmt.g711 else 2)
+
+    def convert(self, audio: bytes, last: bool) -> bytes:
+        if self.stretch is None:
+            return audio
+        pcm = np.frombuffer(audio, dtype="<i2").astype(np.float32) / 32768.0
+        out = self.stretch.process(pcm, last)
+        return self.g711.encode(out, last) if self.g711 is not None else float_to_pcm16(out).tobytes()
+
+
+def _sse(event: dict[str, object]) -> bytes:
+    return f"data: {json.dumps(event, separators=(',', ':'))}\n\n".encode()
+
+
+async def create_speech(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    state.http_inflight += 1
+    try:
+        return await _create_speech(request, state)
+    finally:
+        state.http_inflight -= 1
+
+
+async def _create_speech(request: web.Request, state: EdgeState) -> web.StreamResponse:
+    started = time.perf_counter()
+    spoken = Spoken()
+    try:
+        admit(request)
+        speech = parse_speech(await read_json(request), state)
+        voice = lookup_voice(state, speech.params.voice_profile_id)
+    except ApiError as err:
+        state.metrics.requests.labels("openai_speech", err.outcome).inc()
+        return openai_error(err)
+    audio = SpeechAudio(speech.file_format, speech.speed)
+    engine_request = synthesis_request(speech.params, audio.engine_encoding, voice)
+    utterance = speak(state.backend, engine_request, state.cfg.max_piece_chars, spoken)
+    async with contextlib.aclosing(utterance) as chunks:
+        try:  # nothing is sent before the first chunk, so early failures are proper HTTP errors
+            first = await anext(chunks)
+        except ApiError as err:
+            state.metrics.requests.labels("openai_speech", err.outcome).inc()
+            return openai_error(err)
+        except StopAsyncIteration:
+            return openai_error(ApiError(500, "Synthesis failed", "the engine sent no audio"))
+        first_audio_s = time.perf_counter() - started
+        state.metrics.ttfa.labels("openai_speech").observe(first_audio_s)
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream" if speech.sse else speech.file_format.content_type,
+                "Cache-Control": "no-store",
+                "X-Seed": str(spoken.seed),
+            }
+        )
+        await response.prepare(request)
+        sent = 0
+        held: list[bytes] = []  # formats written at the end
+        try:
+            if speech.file_format.name == "wav" and not speech.sse:
+                await response.write(streaming_wav_header(speech.file_format.sample_rate))
+            chunk = first
+            while True:
+                data = audio.convert(chunk.audio, chunk.final)
+                if not speech.file_format.streams:
+                    held.append(data)
+                elif data:
+                    if speech.sse and speech.file_format.name == "wav" and sent == 0:
+                        data = streaming_wav_header(speech.file_format.sample_rate) + data
+                    await response.write(_sse_delta(data) if speech.sse else data)
+                    sent += len(data)
+                if chunk.final:
+                    break
+                chunk = await anext(chunks)
+            if held:
+                pcm16 = np.frombuffer(b"".join(held), dtype="<i2")
+                data = await asyncio.to_thread(encode_file, pcm16, speech.file_format)
+                await response.write(_sse_delta(data) if speech.sse else data)
+        except ApiError as err:  # after audio went out: SSE says so; a raw body is cut short
+            state.metrics.requests.labels("openai_speech", err.outcome).inc()
+            log.warning("speech stream failed after audio was sent: %s", err)
+            if speech.sse:
+                await response.write(_sse({"type": "error", "error": {"message": str(err), "code": err.outcome}}))
+                await response.write_eof()
+            elif request.transport is not None:
+                request.transport.close()
+            return response
+    elapsed_s = time.perf_counter() - started
+    duration_s = spoken.num_frames * FRAME_MS / 1000 / speech.speed
+    state.metrics.requests.labels("openai_speech", "ok").inc()
+    if duration_s:
+        state.metrics.rtf.labels("openai_speech").observe(elapsed_s / duration_s)
+    if speech.sse:
+        output_tokens = spoken.num_frames
+        input_tokens = sum(spoken.piece_prompt_positions)
+        final = spoken.final
+        done = {
+            "type": "speech.audio.done",
+            "usage": {
+                "input_tokens": input_tokens,
+                "output_tokens": output_tokens,
+                "total_tokens": input_tokens + output_tokens,
+            },
+            "seed": spoken.seed,
+            "finish_reason": FINISH_REASON_NAMES.get(final.finish_reason, "unknown") if final else "unknown",
+            "duration_ms": round(duration_s * 1000),
+            "time_to_first_audio_ms": round(first_audio_s * 1000),
+            "real_time_factor": round(elapsed_s / duration_s, 4) if duration_s else None,
+        }
+        await response.write(_sse(done))
+    await response.write_eof()
+    return response
+
+
+def _sse_delta(data: bytes) -> bytes:
+    return _sse({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode("ascii")})
+
+
+async def list_voices(request: web.Request) -> web.Response:
+    """Open WebUI's shape: ``{"voices": [{"id", "name"}]}`` (the default, then stored profiles)."""
+    stored = await asyncio.to_thread(request.app[STATE].voices.list)
+    voices = [{"id": DEFAULT_VOICE, "name": "Default"}, *({"id": v.voice_id, "name": v.name} for v in stored)]
+    return web.json_response({"voices": voices})
+
+
+async def list_audio_models(request: web.Request) -> web.Response:
+    """Open WebUI's ``/audio/models``: ``{"models": [{"id"}]}``."""
+    return web.json_response({"models": [{"id": MODEL_ID, "name": "Sesame CSM-1B"}]})
+
+
+async def list_models(request: web.Request) -> web.Response:
+    """OpenAI's ``GET /v1/models`` list shape."""
+    model = {"id": MODEL_ID, "object": "model", "created": LISTED_SINCE, "owned_by": "csm-service"}
+    return web.json_response({"object": "list", "data": [model]})
