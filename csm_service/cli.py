@@ -116,6 +116,7 @@ EDGE_OPTS = (
     "max_voice_seconds",
     "session_context_positions",
     "max_piece_chars",
+    "twilio_lead_ms",
 )
 
 
@@ -153,6 +154,9 @@ def _edge_flags(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--ws-idle-timeout-s", type=float, help="close idle WebSocket sessions, 0 = never (CSM_WS_IDLE_TIMEOUT_S)"
+    )
+    g.add_argument(
+        "--twilio-lead-ms", type=int, help="Twilio streams: audio sent ahead of the playhead (CSM_TWILIO_LEAD_MS, 60)"
     )
 
 

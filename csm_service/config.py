@@ -127,6 +127,7 @@ class ServiceConfig:
     max_voice_seconds: float = 30.0  # a voice prompt's audio: leaves room in the 2048 positions
     ws_auth_timeout_s: float = 10.0  # keys on, none at the upgrade: the "auth" message must come by then
     ws_idle_timeout_s: float = 300.0  # close a session with no message and no work for this long; 0 = never
+    twilio_lead_ms: int = 60  # Twilio media streams: how far ahead of the playhead frames are sent
 
 
 _ENV_PREFIX = "CSM_"

@@ -105,3 +105,17 @@ class EdgeMetrics:
         self.ws_messages = Counter(
             "csm_edge_websocket_messages_total", "WebSocket messages received by type", ["type"], registry=registry
         )
+        self.twilio_calls = Gauge("csm_twilio_calls_active", "Twilio media streams connected", registry=registry)
+        self.twilio_events = Counter(
+            "csm_twilio_events_total", "Twilio media stream messages received by event", ["event"], registry=registry
+        )
+        self.twilio_frames = Counter(
+            "csm_twilio_frames_sent_total", "20 ms mu-law frames sent to Twilio", registry=registry
+        )
+        self.barge_in = Histogram(
+            "csm_twilio_barge_in_seconds",
+            "Barge-in trigger (say with interrupt, clear, DTMF, caller speech) -> clear sent to Twilio",
+            ["trigger"],
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1),
+            registry=registry,
+        )

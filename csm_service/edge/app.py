@@ -18,9 +18,11 @@ from csm_service.auth import KeyChecker, bearer_token, grpc_metadata, warn_if_op
 from csm_service.config import ServiceConfig, api_keys
 from csm_service.edge import http_api, openai_api, openapi, voices_api
 from csm_service.edge.backend import Backend
-from csm_service.edge.errors import TOO_MANY_SESSIONS, UNAUTHORIZED, ApiError
+from csm_service.edge.errors import UNAUTHORIZED, ApiError
 from csm_service.edge.rate_limit import RateLimiter
 from csm_service.edge.state import STATE, EdgeState
+from csm_service.edge.twilio import routes as twilio_routes
+from csm_service.edge.ws_gate import GOING_AWAY, open_websocket
 from csm_service.edge.ws_session import WsSession
 from csm_service.metrics import EdgeMetrics
 from csm_service.rpc.client import EngineClient
@@ -29,18 +31,19 @@ from csm_service.voices import VoiceStore
 log = logging.getLogger(__name__)
 
 MAX_SESSION_ID_CHARS = 256
-GOING_AWAY, TRY_AGAIN_LATER = 1001, 1013  # WebSocket close codes (RFC 6455, IANA registry)
-HEARTBEAT_S = 30.0  # protocol pings: a peer that vanished without a FIN is noticed and its work cancelled
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 OPEN_PATHS = ("/health", "/ping", "/metrics", "/openapi.json", "/docs")  # no key needed
+# WebSockets check keys themselves: a query parameter or first message (native), or a Twilio
+# <Parameter name="api_key"> in the start event (Twilio sends no Authorization header).
+SELF_AUTH_PREFIXES = ("/v1/native/ws/", "/v1/twilio/media-stream")
 
 
 @web.middleware
 async def require_key(request: web.Request, handler: Handler) -> web.StreamResponse:
     """With API keys configured, HTTP routes other than OPEN_PATHS need ``Authorization: Bearer``.
-    The WebSocket route checks for itself (it also accepts a query parameter or a first message)."""
+    The WebSocket routes check for themselves (SELF_AUTH_PREFIXES)."""
     checker = request.app[STATE].checker
-    if checker.enabled and request.path not in OPEN_PATHS and not request.path.startswith("/v1/native/ws/"):
+    if checker.enabled and request.path not in OPEN_PATHS and not request.path.startswith(SELF_AUTH_PREFIXES):
         if not checker.is_valid(bearer_token(request.headers.get("Authorization"))):
             request.app[STATE].metrics.requests.labels(request.path.strip("/")[:32] or "root", "unauthorized").inc()
             raise ApiError(401, UNAUTHORIZED, "send Authorization: Bearer <API key>")
@@ -77,25 +80,9 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     session_id = request.match_info["session_id"]
     if len(session_id) > MAX_SESSION_ID_CHARS:
         raise ApiError(400, "Invalid session id", f"session_id: at most {MAX_SESSION_ID_CHARS} characters")
-    ws = web.WebSocketResponse(max_msg_size=max(4 << 20, 16 * state.cfg.max_ws_message_bytes), heartbeat=HEARTBEAT_S)
-    if not ws.can_prepare(request).ok:
-        raise ApiError(
-            426,
-            "Expected a WebSocket upgrade",
-            "connect with a WebSocket client (ws:// or wss://)",
-            headers={"Upgrade": "websocket", "Connection": "Upgrade"},
-        )
     presented = bearer_token(request.headers.get("Authorization")) or request.query.get("api_key")
-    if state.checker.enabled and presented is not None and not state.checker.is_valid(presented):
-        state.metrics.requests.labels("websocket", "unauthorized").inc()
-        raise ApiError(401, UNAUTHORIZED, "invalid API key")
-    await ws.prepare(request)
-    if state.draining:  # going away: the client reconnects (to another replica)
-        await ws.close(code=GOING_AWAY, message=b"server shutting down")
-        return ws
-    if len(state.sessions) >= state.cfg.max_sessions:
-        state.metrics.requests.labels("websocket", "rejected").inc()
-        await ws.close(code=TRY_AGAIN_LATER, message=f"{TOO_MANY_SESSIONS} (at most {state.cfg.max_sessions})".encode())
+    ws, serve = await open_websocket(request, state, presented, "websocket")
+    if not serve:
         return ws
     session = WsSession(
         ws,
@@ -145,6 +132,11 @@ def build_app(
     app.router.add_get("/v1/audio/voices", openai_api.list_voices)
     app.router.add_get("/v1/audio/models", openai_api.list_audio_models)
     app.router.add_get("/v1/models", openai_api.list_models)
+    app.router.add_get("/v1/twilio/media-stream", twilio_routes.media_stream)
+    app.router.add_get("/v1/calls", twilio_routes.list_calls)
+    app.router.add_get("/v1/calls/{stream_sid}", twilio_routes.get_call)
+    app.router.add_post("/v1/calls/{stream_sid}/say", twilio_routes.say)
+    app.router.add_post("/v1/calls/{stream_sid}/clear", twilio_routes.clear)
     return app
 
 

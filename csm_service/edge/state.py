@@ -24,7 +24,8 @@ class EdgeState:
     checker: KeyChecker = field(default_factory=lambda: KeyChecker(()))
     limiter: RateLimiter = field(default_factory=lambda: RateLimiter(0.0, 1))
     voices: VoiceStore | None = None  # type: ignore[assignment]
-    sessions: set = field(default_factory=set)  # open WsSession objects
+    sessions: set = field(default_factory=set)  # open WsSession and TwilioCall objects
+    calls: dict = field(default_factory=dict)  # streamSid -> TwilioCall
     draining: bool = False  # SIGTERM: refuse new work, let accepted work finish
     http_inflight: int = 0  # HTTP synthesis requests being answered
 

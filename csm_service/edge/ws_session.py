@@ -36,6 +36,7 @@ from csm_service.edge.rate_limit import client_id
 from csm_service.edge.speech import Spoken, speak
 from csm_service.edge.state import EdgeState
 from csm_service.edge.voices_api import caller_turn, lookup_voice, synthesis_request
+from csm_service.edge.ws_gate import NORMAL_CLOSURE, POLICY_VIOLATION
 from csm_service.rpc.formats import FINISH_REASON_NAMES
 from csm_service.rpc.gen.csm.v1 import tts_pb2 as pb
 
@@ -45,8 +46,6 @@ WS_FORMAT = "mulaw_8khz"  # the seed: always G.711 mu-law at 8 kHz on the WebSoc
 MULAW_BYTES_PER_MS = 8
 KNOWN_TYPES = ("synthesize", "ping", "close", "cancel", "auth", "context")
 MAX_HISTORY_TURNS = 64  # the engine trims further, to the position budget
-POLICY_VIOLATION = 1008
-NORMAL_CLOSURE = 1000
 _request_ids = itertools.count(1)
 
 

@@ -1,0 +1,300 @@
+"""One Twilio call: its media stream, what it has been asked to say, and barge-in.
+
+Three tasks per call. The receive loop reads Twilio's events. The speaker generates the queued
+utterances one after another (the next one while the previous still plays) and cuts their mu-law
+into 20 ms frames. The sender paces those frames to Twilio (:class:`FramePacer`) and sends a mark
+after each utterance; Twilio echoes the mark once that audio has played.
+
+Barge-in (``say`` with ``interrupt``, ``POST .../clear``, a DTMF key or caller speech when the call
+asked for it) does everything at once, before it returns: bumps the epoch so no frame queued
+before it can be sent, sends ``clear`` (Twilio drops its buffer), cancels the engine stream,
+and purges the queue. A frame is only sent under the send lock after checking the epoch, so the
+first frame after a ``clear`` is always the next utterance's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections import deque
+
+import numpy as np
+from aiohttp import web
+
+from csm_service.audio.g711 import mulaw_to_pcm16
+from csm_service.edge.admission import admit_client
+from csm_service.edge.errors import ApiError
+from csm_service.edge.params import parse_speak
+from csm_service.edge.speech import Spoken, speak
+from csm_service.edge.state import EdgeState
+from csm_service.edge.twilio import protocol
+from csm_service.edge.twilio.pacer import FramePacer
+from csm_service.edge.twilio.utterance import FAILED, PLAYED, SENT, SPEAKING, UNFINISHED, Utterance
+from csm_service.edge.voices_api import lookup_voice, synthesis_request
+from csm_service.rpc.gen.csm.v1 import tts_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+BARGE_IN_MODES = ("dtmf", "speech")
+SPEECH_RMS = 600  # PCM16 RMS of a 20 ms inbound frame that counts as the caller speaking (about -35 dBFS)
+SPEECH_FRAMES = 3  # that many loud frames in a row (60 ms) barge in
+MAX_HISTORY = 200  # utterances kept for GET /v1/calls/{streamSid}
+MAX_DTMF = 256
+# customParameters that set defaults for every utterance of the call; values arrive as strings.
+CALL_DEFAULTS = ("voice", "speaker", "seed", "temperature", "top_k", "max_audio_length_ms", "raw_text")
+
+
+def _typed(value: str) -> object:
+    """A customParameters string -> int, float, bool or the string."""
+    for cast in (int, float):
+        with contextlib.suppress(ValueError):
+            return cast(value)
+    return {"true": True, "false": False}.get(value.lower(), value)
+
+
+class TwilioCall:
+    def __init__(self, ws: web.WebSocketResponse, state: EdgeState, start: dict, client: str) -> None:
+        self.ws = ws
+        self.state = state
+        self.client = client  # rate limiter bucket
+        self.stream_sid: str = start["streamSid"]
+        self.call_sid = str(start.get("callSid", ""))
+        self.account_sid = str(start.get("accountSid", ""))
+        custom = start.get("customParameters") or {}
+        self.custom = {str(k): str(v) for k, v in custom.items()} if isinstance(custom, dict) else {}
+        self.defaults = {k: _typed(v) for k, v in self.custom.items() if k in CALL_DEFAULTS}
+        modes = {m.strip() for m in self.custom.get("barge_in", "").split(",") if m.strip()}
+        self.barge_in = tuple(m for m in BARGE_IN_MODES if m in modes)
+        self.pacer = FramePacer(state.cfg.twilio_lead_ms / 1000)
+        self.epoch = 0  # bumped by every barge-in; frames of an older epoch are never sent
+        self.queue: deque[Utterance] = deque()  # waiting to be generated
+        self.outbound: asyncio.Queue[tuple[int, bytes | None, Utterance]] = asyncio.Queue()  # frame, or None: mark
+        self.wakeup = asyncio.Event()
+        self.send_lock = asyncio.Lock()
+        self.current: Utterance | None = None
+        self.current_task: asyncio.Task | None = None
+        self.utterances: deque[Utterance] = deque(maxlen=MAX_HISTORY)
+        self.awaiting_echo: dict[str, Utterance] = {}  # mark sent, not yet echoed
+        self.dtmf: list[str] = []
+        self.inbound_frames = 0
+        self.loud_frames = 0
+        self.marks_received = 0
+        self.protocol_errors = 0
+        self.started_at = time.time()
+        self._ids = itertools.count(1)
+        self.stopped = False
+
+    # -- what the edge's drain and session cap look at ---------------------------------------------
+    @property
+    def jobs(self) -> list[Utterance]:
+        return [u for u in self.utterances if u.status in UNFINISHED]
+
+    @property
+    def busy(self) -> bool:
+        """Something is being generated, sent, or is still playing at Twilio."""
+        return bool(self.jobs) or self.pacer.buffered_s() > 0
+
+    # -- sending ------------------------------------------------------------------------------------
+    async def _send(self, text: str, epoch: int | None = None) -> bool:
+        """Send one message; with ``epoch``, only if no barge-in has happened since."""
+        async with self.send_lock:
+            if (epoch is not None and epoch != self.epoch) or self.ws.closed:
+                return False
+            try:
+                await self.ws.send_str(text)
+            except ConnectionError:
+                return False
+            return True
+
+    async def _sender(self) -> None:
+        while True:
+            epoch, frame, utterance = await self.outbound.get()
+            if epoch != self.epoch:
+                continue
+            if frame is None:  # the utterance's last frame went out: mark it
+                utterance.ends_at = self.pacer.play_end
+                if await self._send(protocol.mark_message(self.stream_sid, utterance.utterance_id), epoch):
+                    utterance.status = SENT
+                    self.awaiting_echo[utterance.utterance_id] = utterance
+                continue
+            delay = self.pacer.delay()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if await self._send(protocol.media_message(self.stream_sid, frame), epoch):
+                self.pacer.sent()
+                utterance.frames_sent += 1
+                utterance.first_frame_sent()
+                self.state.metrics.twilio_frames.inc()
+
+    # -- generating ---------------------------------------------------------------------------------
+    async def _speaker(self) -> None:
+        while True:
+            while not self.queue:
+                self.wakeup.clear()
+                await self.wakeup.wait()
+            utterance = self.queue.popleft()
+            self.current = utterance
+            self.current_task = asyncio.create_task(self._generate(utterance, self.epoch))
+            await asyncio.wait({self.current_task})  # a barge-in cancels it, not the speaker
+            self.current, self.current_task = None, None
+
+    async def _generate(self, utterance: Utterance, epoch: int) -> None:
+        utterance.status = SPEAKING
+        spoken = Spoken()
+        rest = b""
+        try:
+            admit_client(self.state, self.client)
+            request = synthesis_request(utterance.params, pb.MULAW_8KHZ, utterance.voice)
+            chunks = speak(self.state.backend, request, self.state.cfg.max_piece_chars, spoken)
+            async with contextlib.aclosing(chunks) as stream:
+                async for chunk in stream:
+                    utterance.seed = spoken.seed
+                    frames, rest = protocol.frames(rest + chunk.audio, pad_last=chunk.final)
+                    for frame in frames:
+                        self.outbound.put_nowait((epoch, frame, utterance))
+                    if chunk.final:
+                        break
+            self.outbound.put_nowait((epoch, None, utterance))
+            self.state.metrics.requests.labels("twilio_say", "ok").inc()
+        except ApiError as err:
+            utterance.status, utterance.error = FAILED, str(err)
+            self.state.metrics.requests.labels("twilio_say", err.outcome).inc()
+            log.warning("call %s: %s failed: %s", self.stream_sid, utterance.utterance_id, err)
+
+    # -- the control API ----------------------------------------------------------------------------
+    def utterance(self, body: dict) -> Utterance:
+        """A say request (call defaults first) -> a queued-to-be Utterance; raises ApiError 4xx."""
+        merged = {**self.defaults, **body}
+        voice_id = merged.pop("voice", None)
+        if "voice_profile_id" not in body and voice_id is not None:
+            merged["voice_profile_id"] = str(voice_id)
+        params = parse_speak(merged, self.state.cfg.max_text_chars, self.state.cfg.max_audio_length_ms)
+        voice = lookup_voice(self.state, params.voice_profile_id)
+        return Utterance(f"utt_{next(self._ids)}", params, voice)
+
+    async def say(self, utterance: Utterance, interrupt: bool) -> int:
+        """Queue it (after a barge-in when ``interrupt``); -> how many utterances are ahead of it."""
+        if interrupt:
+            await self.clear("interrupt")
+        ahead = len(self.queue) + (self.current is not None)
+        self.utterances.append(utterance)
+        self.queue.append(utterance)
+        self.wakeup.set()
+        return ahead
+
+    async def clear(self, trigger: str) -> list[str]:
+        """Barge-in: nothing said so far plays on; -> the ids of the utterances cut short."""
+        began = time.perf_counter()
+        self.epoch += 1
+        buffered_s, now = self.pacer.buffered_s(), time.monotonic()
+        self.queue.clear()
+        if self.current_task is not None:
+            self.current_task.cancel()  # closes the engine stream: the slot is free at once
+        self.current = None
+        while not self.outbound.empty():
+            self.outbound.get_nowait()
+        self.pacer.reset()
+        cut = []
+        for utterance in self.utterances:
+            if utterance.status in UNFINISHED:  # queued, generating, or frames not all sent
+                utterance.cut(buffered_s)
+            elif utterance.status == SENT and utterance.ends_at is not None and utterance.ends_at > now:
+                utterance.cut(utterance.ends_at - now)  # sent, and still playing at Twilio
+            else:
+                continue
+            cut.append(utterance)
+        await self._send(protocol.clear_message(self.stream_sid))
+        self.state.metrics.barge_in.labels(trigger).observe(time.perf_counter() - began)
+        log.info("call %s: barge-in (%s), cut %d utterance(s)", self.stream_sid, trigger, len(cut))
+        return [u.utterance_id for u in cut]
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "stream_sid": self.stream_sid,
+            "call_sid": self.call_sid,
+            "account_sid": self.account_sid,
+            "custom_parameters": {k: v for k, v in self.custom.items() if k != "api_key"},
+            "barge_in": list(self.barge_in),
+            "started_at": self.started_at,
+            "speaking": self.busy,
+            "queued": len(self.queue),
+            "dtmf": "".join(self.dtmf),
+            "inbound_frames": self.inbound_frames,
+            "marks_received": self.marks_received,
+            "protocol_errors": self.protocol_errors,
+            "utterances": [u.summary() for u in self.utterances],
+        }
+
+    # -- what Twilio sends --------------------------------------------------------------------------
+    async def on_event(self, message: dict) -> None:
+        event = message["event"]
+        if event == "media":
+            await self._on_media(protocol.media_payload(message))
+        elif event == "mark":
+            self._on_mark(protocol.section(message, "mark").get("name"))
+        elif event == "dtmf":
+            digit = protocol.section(message, "dtmf").get("digit")
+            if not isinstance(digit, str):
+                raise protocol.ProtocolError("dtmf: digit must be a string")
+            if len(self.dtmf) < MAX_DTMF:
+                self.dtmf.append(digit[:1])
+            if "dtmf" in self.barge_in and self.busy:
+                await self.clear("dtmf")
+        elif event == "stop":
+            self.stopped = True
+        # "connected" and a repeated "start" carry nothing new
+
+    def _on_mark(self, name: object) -> None:
+        self.marks_received += 1
+        utterance = self.awaiting_echo.pop(name, None) if isinstance(name, str) else None
+        if utterance is not None and utterance.status == SENT:
+            utterance.status = PLAYED  # a mark echoed for cleared audio leaves it "interrupted"
+
+    async def _on_media(self, payload: bytes) -> None:
+        self.inbound_frames += 1
+        if "speech" not in self.barge_in:
+            return
+        pcm = mulaw_to_pcm16(payload).astype(np.float32)
+        loud = pcm.size > 0 and float(np.sqrt(np.mean(pcm * pcm))) >= SPEECH_RMS
+        self.loud_frames = self.loud_frames + 1 if loud else 0
+        if self.loud_frames >= SPEECH_FRAMES and self.busy:
+            self.loud_frames = 0
+            await self.clear("speech")
+
+    # -- the call's life ----------------------------------------------------------------------------
+    async def run(self, first: list[dict]) -> None:
+        """Serve the call until Twilio stops it or the socket closes."""
+        tasks = [asyncio.create_task(self._sender()), asyncio.create_task(self._speaker())]
+        greeting = self.custom.get("greeting")
+        if greeting:
+            try:
+                await self.say(self.utterance({"text": greeting}), interrupt=False)
+            except ApiError as err:
+                log.warning("call %s: the greeting was refused: %s", self.stream_sid, err)
+        try:
+            for message in first:
+                await self.on_event(message)
+            async for msg in self.ws:
+                if self.stopped or msg.type != web.WSMsgType.TEXT:
+                    break
+                await self.handle_text(msg.data)
+                if self.stopped:
+                    break
+        finally:
+            for task in (*tasks, self.current_task):
+                if task is not None:
+                    task.cancel()
+            await asyncio.sleep(0)
+
+    async def handle_text(self, data: str) -> None:
+        try:
+            message = protocol.parse_event(data)
+            self.state.metrics.twilio_events.labels(message["event"]).inc()
+            await self.on_event(message)
+        except protocol.ProtocolError as exc:
+            self.protocol_errors += 1
+            self.state.metrics.twilio_events.labels("invalid").inc()
+            log.warning("call %s: %s", self.stream_sid, exc)
