@@ -3,6 +3,8 @@ what stays open (/health, gRPC health)."""
 
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
 import grpc
 import pytest
@@ -107,3 +109,32 @@ async def test_grpc_needs_metadata_but_health_is_open(keyed):
     finally:
         await bare.close()
         await keyed_client.close()
+
+
+async def test_twilio_stream_key_in_custom_parameters_and_control_api_bearer(keyed):
+    """Twilio sends no Authorization header and its stream URL takes no query string, so the key
+    comes as <Parameter name="api_key">; without a valid one the stream is closed with 1008."""
+    from tests.integration.twilio_sim import TwilioSimulator
+
+    port, _ = keyed
+    url = f"ws://127.0.0.1:{port}/v1/twilio/media-stream"
+    for custom in ({}, {"api_key": "nope"}):
+        twilio = TwilioSimulator(url, "MZ" + "d" * 32, custom)
+        async with twilio:
+            await twilio.ws.wait_closed()
+        assert twilio.ws.close_code == 1008
+    calls = f"http://127.0.0.1:{port}/v1/calls"
+    async with TwilioSimulator(url, "MZ" + "e" * 32, {"api_key": KEYS[1]}), aiohttp.ClientSession() as http:
+        async with http.get(calls) as resp:
+            assert resp.status == 401  # the control API needs the bearer key like every other route
+        bearer = {"Authorization": f"Bearer {KEYS[0]}"}
+        for _ in range(100):
+            async with http.get(calls, headers=bearer) as resp:
+                listed = [c["stream_sid"] for c in (await resp.json())["calls"]]
+            if listed:
+                break
+            await asyncio.sleep(0.05)
+        assert listed == ["MZ" + "e" * 32]
+        say = {"text": "keyed call", "max_audio_length_ms": 160}
+        async with http.post(f"{calls}/{listed[0]}/say", json=say, headers=bearer) as resp:
+            assert resp.status == 202

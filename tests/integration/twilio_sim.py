@@ -10,6 +10,7 @@ marks in it at once. Everything received is logged with its arrival time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import base64
 import json
 import time
@@ -63,13 +64,19 @@ class TwilioSimulator:
                 },
             }
         )
-        self._tasks = [asyncio.create_task(t()) for t in (self._receive, self._play, self._caller)]
+        self._tasks = [asyncio.create_task(self._quietly(t)) for t in (self._receive, self._play, self._caller)]
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         for task in self._tasks:
             task.cancel()
         await self.ws.close()
+
+    @staticmethod
+    async def _quietly(task) -> None:
+        """The server may close the stream (stop, a refused key): that ends the task, nothing more."""
+        with contextlib.suppress(websockets.ConnectionClosed):
+            await task()
 
     async def _send(self, message: dict) -> None:
         self._seq += 1
