@@ -10,8 +10,8 @@ marks in it at once. Everything received is logged with its arrival time.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import base64
+import contextlib
 import json
 import time
 from collections import deque
