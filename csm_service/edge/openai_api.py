@@ -53,6 +53,7 @@ STREAM_FORMATS = ("audio", "sse")
 MS_PER_CHAR, MIN_DEFAULT_MS = 150, 5_000  # default audio budget: ~2.5x a normal speaking rate
 EXTENSION_FIELDS = ("seed", "temperature", "top_k", "speaker", "max_audio_length_ms", "raw_text")
 MODEL_ID = "csm-1b"
+MAX_MODEL_CHARS = 256
 LISTED_SINCE = int(time.time())  # "created" in the model list
 
 
@@ -104,12 +105,14 @@ def parse_speech(body: object, state: EdgeState) -> SpeechRequest:
     if not isinstance(body, dict):
         raise ApiError(400, INVALID_MESSAGE_FORMAT, f"expected a JSON object, got {type(body).__name__}")
     model = body.get("model")
-    if not isinstance(model, str) or not model.strip():
-        raise _invalid("model", f"required: a model name (any; {MODEL_ID} serves them all)")
+    if not isinstance(model, str) or not model.strip() or len(model) > MAX_MODEL_CHARS:
+        raise _invalid(
+            "model", f"required: a model name of at most {MAX_MODEL_CHARS} characters ({MODEL_ID} serves all)"
+        )
     text = body.get("input")
     if not isinstance(text, str):
         raise _invalid("input", "required: the text to speak")
-    fmt_name = body.get("response_format", "mp3")
+    fmt_name = "mp3" if body.get("response_format") is None else body["response_format"]
     if not isinstance(fmt_name, str):
         raise _invalid("response_format", "must be a string")
     if fmt_name in NO_ENCODER:
@@ -122,8 +125,8 @@ def parse_speech(body: object, state: EdgeState) -> SpeechRequest:
         speed = 1.0
     if isinstance(speed, bool) or not isinstance(speed, (int, float)) or not MIN_SPEED <= speed <= MAX_SPEED:
         raise _invalid("speed", f"must be a number from {MIN_SPEED} to {MAX_SPEED}, got {speed!r}"[:120])
-    stream_format = body.get("stream_format", "audio")
-    if stream_format not in STREAM_FORMATS:
+    stream_format = "audio" if body.get("stream_format") is None else body["stream_format"]
+    if not isinstance(stream_format, str) or stream_format not in STREAM_FORMATS:
         raise _invalid("stream_format", f"must be one of {', '.join(STREAM_FORMATS)}, got {stream_format!r}"[:120])
     for field in ("instructions",):  # accepted and not used: CSM takes no style prompt
         if body.get(field) is not None and not isinstance(body[field], str):

@@ -11,6 +11,7 @@ from aiohttp import web
 
 from csm_service import __version__
 from csm_service.config import NUM_MIMI_CODES
+from csm_service.edge.openapi_ecosystem import ecosystem_paths, ecosystem_schemas
 from csm_service.edge.params import (
     DEFAULT_MAX_AUDIO_MS,
     ENGINE_MAX_AUDIO_MS,
@@ -141,6 +142,7 @@ SCHEMAS: dict[str, dict] = {
                 "description": "same seed and inputs, same audio",
             },
             "request_id": {"type": "string", "maxLength": 128, "description": "echoed back"},
+            "raw_text": {"type": "boolean", "default": False, "description": "skip text normalisation"},
         },
     },
     "SynthesizeResponse": {
@@ -201,7 +203,8 @@ def build_spec(
             prop["type"] = [prop["type"], "null"]
             if "enum" in prop:
                 prop["enum"] = [*prop["enum"], None]
-    return {
+    schemas.update(ecosystem_schemas(props, max_text_chars, voice_ids))
+    spec = {
         "openapi": "3.1.0",
         "info": {
             "title": "CSM Voice API",
@@ -350,6 +353,8 @@ def build_spec(
             },
         },
     }
+    spec["paths"].update(ecosystem_paths())
+    return spec
 
 
 async def openapi_json(request: web.Request) -> web.Response:
