@@ -7,7 +7,10 @@ TORCH_SPEC ?= torch==2.13.0
 MOSHI_SPEC ?= moshi==0.2.13
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-gpu gpu-report lint format proto bench loadtest fuzz run clean
+# Debian's Chromium for the browser test (needs root and apt; without it that test is skipped with its reason).
+CHROMIUM ?= /usr/bin/chromium
+
+.PHONY: install browser test test-gpu gpu-report lint format proto bench loadtest fuzz run clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -19,7 +22,12 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP)
 
-test: $(STAMP)
+browser:
+	@test -x $(CHROMIUM) || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+		echo "chromium not installed: the playground browser test will be skipped"
+
+test: $(STAMP) browser
 	$(PY) -m pytest -q -rs tests
 
 test-gpu: $(STAMP)

@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from csm_service.auth import KeyChecker, bearer_token, grpc_metadata, warn_if_open
 from csm_service.config import ServiceConfig, api_keys
-from csm_service.edge import http_api, openai_api, openapi, voices_api
+from csm_service.edge import http_api, openai_api, openapi, playground, voices_api
 from csm_service.edge.backend import Backend
 from csm_service.edge.errors import UNAUTHORIZED, ApiError
 from csm_service.edge.rate_limit import RateLimiter
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 MAX_SESSION_ID_CHARS = 256
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-OPEN_PATHS = ("/health", "/ping", "/metrics", "/openapi.json", "/docs")  # no key needed
+OPEN_PATHS = ("/", "/health", "/ping", "/metrics", "/openapi.json", "/docs")  # no key needed
 # WebSockets check keys themselves: a query parameter or first message (native), or a Twilio
 # <Parameter name="api_key"> in the start event (Twilio sends no Authorization header).
 SELF_AUTH_PREFIXES = ("/v1/native/ws/", "/v1/twilio/media-stream")
@@ -117,6 +117,7 @@ def build_app(
     state = EdgeState(cfg, backend, registry, metrics or EdgeMetrics(registry), checker, limiter)
     state.voices = VoiceStore(cfg.data_dir)
     app[STATE] = state
+    app.router.add_get("/", playground.playground)
     app.router.add_get("/health", http_api.health)
     app.router.add_get("/ping", http_api.ping)
     app.router.add_post("/synthesize", http_api.synthesize)

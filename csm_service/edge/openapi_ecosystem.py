@@ -113,6 +113,13 @@ def ecosystem_paths() -> dict:
     }
     call_404 = _error("No call with that streamSid is connected to this edge")
     return {
+        "/": {
+            "get": {
+                "summary": "The browser playground",
+                "operationId": "playground",
+                "responses": {"200": {"description": "An HTML page", "content": {"text/html": {}}}},
+            }
+        },
         "/v1/audio/speech": {
             "post": {
                 "summary": "OpenAI-compatible text to speech",
