@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import time
 from pathlib import Path
 
 from csm_service.config import ServiceConfig, build_config
@@ -48,43 +47,13 @@ ENGINE_OPTS = (
 
 
 def cmd_say(args: argparse.Namespace) -> int:
-    import numpy as np
+    from csm_service.say import SayError, run_say
 
-    from csm_service.audio.wav import float_to_pcm16, wav_bytes
-    from csm_service.engine.request import InvalidRequest
-    from csm_service.synthesizer import Synthesizer
-
-    cfg = _config(args, ENGINE_OPTS).engine
-    synth = Synthesizer.from_pretrained(
-        cfg.model, device=cfg.device, dtype=cfg.dtype, mimi_weights=cfg.mimi_weights, seed=cfg.seed
-    )
-    start = time.perf_counter()
     try:
-        pcm = synth.generate(
-            args.text,
-            speaker=args.speaker,
-            max_audio_length_ms=args.max_audio_length_ms,
-            temperature=args.temperature,
-            top_k=args.top_k,
-            seed=args.sample_seed,
-        )
-    except InvalidRequest as exc:
+        return run_say(args, _config(args, ENGINE_OPTS).engine)
+    except SayError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    finally:
-        synth.close()
-    elapsed = time.perf_counter() - start
-    Path(args.output).write_bytes(wav_bytes(float_to_pcm16(pcm), synth.sample_rate))
-    seconds = len(pcm) / synth.sample_rate
-    result = synth.last_result
-    print(
-        f"wrote {args.output}: {seconds:.2f} s of 24 kHz mono audio in {elapsed:.2f} s "
-        f"(first audio {result.timings.first_audio_s * 1000:.0f} ms, seed {result.seed}, end: {result.reason})"
-        if result
-        else f"wrote {args.output}",
-        file=sys.stderr,
-    )
-    return 0 if np.isfinite(pcm).all() else 1
 
 
 def cmd_engine(args: argparse.Namespace) -> int:
@@ -230,10 +199,16 @@ def build_parser() -> argparse.ArgumentParser:
     _edge_flags(edge)
     edge.set_defaults(func=cmd_edge)
 
-    say = sub.add_parser("say", help="synthesise text to a WAV file")
+    say = sub.add_parser("say", help="synthesise text to an audio file, or stream it (--stream)")
     say.add_argument("text")
-    say.add_argument("-o", "--output", default="out.wav")
-    say.add_argument("--speaker", type=int, default=0)
+    say.add_argument("-o", "--output", default="out.wav", help="the file (its extension picks the format)")
+    say.add_argument("--format", help="wav | flac | mp3 | opus | pcm | mulaw | alaw (default: from -o)")
+    say.add_argument("--stream", action="store_true", help="raw audio as generated: to stdout if piped, else played")
+    say.add_argument("--voice", help="a voice profile id (from --data-dir) or an audio file (with --voice-text)")
+    say.add_argument("--voice-text", help="what the --voice recording says")
+    say.add_argument("--data-dir", help="where voice profiles live (CSM_DATA_DIR, default ./data)")
+    say.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
+    say.add_argument("--speaker", type=int, default=None, help="speaker id (default: the voice's, or 0)")
     say.add_argument("--max-audio-length-ms", type=int, default=10_000)
     say.add_argument("--temperature", type=float, default=0.9)
     say.add_argument("--top-k", type=int, default=50)
