@@ -44,6 +44,7 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m csm_service.cli bench $(or $(BENCH_ARGS),frame)
 	$(PY) -m csm_service.cli bench engine
+	$(PY) -m csm_service.cli bench twilio --spawn --json bench-results/twilio.json
 
 # 3 rounds of 200 WebSocket sessions (2 streamed requests each) + 20 HTTP clients against a spawned
 # tiny-random server on loopback; then SIGTERM, which must drain and exit 0. JSON in bench-results/.

@@ -87,7 +87,7 @@ class EngineConfig:
     max_batch: int = 8  # batch slots (concurrent utterances)
     max_queue: int = 64  # waiting requests beyond the slots; more is refused as overloaded
     first_chunk_frames: int = 1  # frames in the first audio chunk (80 ms each)
-    chunk_frames: int = 4  # frames in every later chunk
+    chunk_frames: int = 4  # frames in later chunks; they ramp up to it, never longer than the audio already sent
     use_cuda_graphs: bool = True  # ignored on CPU; --no-cuda-graphs is the eager switch
     mimi_weights: str | None = None  # local Mimi weights; default: moshi's file via the hub cache
     seed: int = 0  # seed of the tiny-random weights

@@ -311,7 +311,13 @@ class Engine:
             state.frames.append(codes_host[slot])
             state.pcm.append(pcm[slot])  # type: ignore[index]
             self.stats.frames_generated += 1
-            want = self.cfg.first_chunk_frames if state.chunk_index == 0 else self.cfg.chunk_frames
+            # Chunks ramp up (1, 1, 2, 4, 4... with the defaults): none is longer than the audio
+            # already sent, so a listener playing in real time does not run dry while it is made.
+            want = (
+                self.cfg.first_chunk_frames
+                if state.chunk_index == 0
+                else max(1, min(self.cfg.chunk_frames, state.frames_sent))
+            )
             if len(state.pcm) >= want:
                 self._emit_chunk(state, now)
             if len(state.frames) >= state.max_frames:

@@ -18,8 +18,8 @@ import urllib.request
 import aiohttp
 import pytest
 
+from csm_service.twilio_sim import TwilioSimulator
 from tests.integration.servers import async_wait_until
-from tests.integration.twilio_sim import TwilioSimulator
 
 SAMPLING = {"max_audio_length_ms": 800, "raw_text": True}
 _sids = itertools.count(1)
@@ -200,7 +200,7 @@ async def test_stop_ends_the_call(served):
     async with sim(served) as twilio:
         sid = twilio.stream_sid
         await twilio.stop()
-        await asyncio.wait_for(twilio.ws.wait_closed(), 10)
+        await twilio.closed(10)
     status, body = await post(served, f"/v1/calls/{sid}/say", {"text": "Anyone there?"})
     assert status == 404 and body["error"] == "Not Found", body
 
@@ -231,3 +231,14 @@ async def test_bad_messages_and_requests_do_not_end_the_call(served):
 async def test_plain_get_is_426(served, path):
     async with aiohttp.ClientSession() as http, http.get(f"{served.url}{path}") as resp:
         assert resp.status == 426 and resp.headers["Upgrade"] == "websocket"
+
+
+async def test_queue_is_bounded_per_call(served):
+    """At most --max-inflight-per-session (3 here) utterances wait or speak on one call."""
+    async with sim(served) as twilio:
+        sid = twilio.stream_sid
+        codes = [(await post(served, f"/v1/calls/{sid}/say", {"text": f"number {i}", **SAMPLING}))[0] for i in range(5)]
+        assert codes == [202, 202, 202, 429, 429]
+        status, body = await post(served, f"/v1/calls/{sid}/clear")
+        assert status == 200 and len(body["cleared"]) == 3
+        assert (await post(served, f"/v1/calls/{sid}/say", {"text": "room again", **SAMPLING}))[0] == 202

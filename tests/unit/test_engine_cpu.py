@@ -46,7 +46,8 @@ def run(engine, request: SynthesisRequest, timeout: float = 60.0):
 def test_stream_chunks_and_lengths(engine):
     chunks, done = run(engine, SynthesisRequest("Hello there", max_audio_length_ms=800, seed=1))
     assert done.reason == "max_length" and done.num_frames == 10
-    assert [c.num_frames for c in chunks] == [1, 2, 2, 2, 2, 1]  # first chunk after one frame
+    # the first chunk after one frame; then none longer than the audio already sent, up to chunk_frames
+    assert [c.num_frames for c in chunks] == [1, 1, 2, 2, 2, 2]
     assert all(c.pcm.dtype == np.float32 and c.pcm.size == c.num_frames * SAMPLES_PER_FRAME for c in chunks)
     assert [c.index for c in chunks] == list(range(len(chunks)))
     assert done.codes.shape == (32, 10) and done.codes.max() <= 2047

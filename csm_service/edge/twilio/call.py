@@ -26,7 +26,7 @@ from aiohttp import web
 
 from csm_service.audio.g711 import mulaw_to_pcm16
 from csm_service.edge.admission import admit_client
-from csm_service.edge.errors import ApiError
+from csm_service.edge.errors import TOO_MANY_IN_FLIGHT, ApiError
 from csm_service.edge.params import parse_speak
 from csm_service.edge.speech import Spoken, speak
 from csm_service.edge.state import EdgeState
@@ -146,7 +146,6 @@ class TwilioCall:
         spoken = Spoken()
         rest = b""
         try:
-            admit_client(self.state, self.client)
             request = synthesis_request(utterance.params, pb.MULAW_8KHZ, utterance.voice)
             chunks = speak(self.state.backend, request, self.state.cfg.max_piece_chars, spoken)
             async with contextlib.aclosing(chunks) as stream:
@@ -176,9 +175,13 @@ class TwilioCall:
         return Utterance(f"utt_{next(self._ids)}", params, voice)
 
     async def say(self, utterance: Utterance, interrupt: bool) -> int:
-        """Queue it (after a barge-in when ``interrupt``); -> how many utterances are ahead of it."""
+        """Queue it (after a barge-in when ``interrupt``); -> how many utterances are ahead of it.
+        ApiError 429 past ``max_inflight_per_session`` unfinished utterances."""
         if interrupt:
             await self.clear("interrupt")
+        limit = self.state.cfg.max_inflight_per_session
+        if len(self.jobs) >= limit:
+            raise ApiError(429, TOO_MANY_IN_FLIGHT, f"at most {limit} utterances queued or speaking per call")
         ahead = len(self.queue) + (self.current is not None)
         self.utterances.append(utterance)
         self.queue.append(utterance)
@@ -271,6 +274,7 @@ class TwilioCall:
         greeting = self.custom.get("greeting")
         if greeting:
             try:
+                admit_client(self.state, self.client)
                 await self.say(self.utterance({"text": greeting}), interrupt=False)
             except ApiError as err:
                 log.warning("call %s: the greeting was refused: %s", self.stream_sid, err)
@@ -278,9 +282,13 @@ class TwilioCall:
             for message in first:
                 await self.on_event(message)
             async for msg in self.ws:
-                if self.stopped or msg.type != web.WSMsgType.TEXT:
+                if msg.type == web.WSMsgType.TEXT:
+                    await self.handle_text(msg.data)
+                elif msg.type == web.WSMsgType.BINARY:  # Twilio sends none: counted, not fatal
+                    self.protocol_errors += 1
+                    self.state.metrics.twilio_events.labels("invalid").inc()
+                else:
                     break
-                await self.handle_text(msg.data)
                 if self.stopped:
                     break
         finally:

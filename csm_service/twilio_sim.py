@@ -1,4 +1,4 @@
-"""Twilio's side of a bidirectional media stream (``<Connect><Stream>``), for the tests.
+"""Twilio's side of a bidirectional media stream (``<Connect><Stream>``), for tests and benchmarks.
 
 It behaves as Twilio's docs describe (twilio.com/docs/voice/media-streams/websocket-messages):
 sends ``connected`` then ``start`` (with ``customParameters``), then caller audio as 20 ms
@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+import aiohttp
 import numpy as np
-import websockets
 
 from csm_service.audio.g711 import pcm16_to_mulaw
 
@@ -46,7 +46,8 @@ class TwilioSimulator:
     caller_speaking: bool = False
 
     async def __aenter__(self) -> TwilioSimulator:
-        self.ws = await websockets.connect(self.url, max_size=None)
+        self.http = aiohttp.ClientSession()
+        self.ws = await self.http.ws_connect(self.url, max_msg_size=0, autoping=True)
         self._seq = 0
         self._buffer: deque[bytes | str] = deque()  # frames and mark names, in order
         await self._send({"event": "connected", "protocol": "Call", "version": "1.0.0"})
@@ -71,19 +72,29 @@ class TwilioSimulator:
         for task in self._tasks:
             task.cancel()
         await self.ws.close()
+        await self.http.close()
+
+    async def closed(self, timeout_s: float = 30.0) -> int | None:
+        """Wait until the server closes the stream -> its close code."""
+        await asyncio.wait_for(self._tasks[0], timeout_s)
+        return self.ws.close_code
 
     @staticmethod
-    async def _quietly(task) -> None:
+    async def _quietly(task: Callable[[], Awaitable[None]]) -> None:
         """The server may close the stream (stop, a refused key): that ends the task, nothing more."""
-        with contextlib.suppress(websockets.ConnectionClosed):
+        try:
             await task()
+        except (ConnectionError, aiohttp.ClientError):
+            pass
 
     async def _send(self, message: dict) -> None:
         self._seq += 1
-        await self.ws.send(json.dumps({"sequenceNumber": str(self._seq), **message}))
+        if self.ws.closed:
+            raise ConnectionResetError("the stream is closed")
+        await self.ws.send_str(json.dumps({"sequenceNumber": str(self._seq), **message}))
 
     async def send_raw(self, text: str) -> None:
-        await self.ws.send(text)
+        await self.ws.send_str(text)
 
     async def dtmf(self, digit: str) -> None:
         await self._send(
@@ -98,8 +109,10 @@ class TwilioSimulator:
         await self._send({"event": "mark", "streamSid": self.stream_sid, "mark": {"name": name}})
 
     async def _receive(self) -> None:
-        async for text in self.ws:
-            message = json.loads(text)
+        async for msg in self.ws:
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                break
+            message = json.loads(msg.data)
             event, now = message["event"], time.monotonic()
             assert message["streamSid"] == self.stream_sid, message
             if event == "media":
