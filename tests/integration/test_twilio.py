@@ -242,3 +242,21 @@ async def test_queue_is_bounded_per_call(served):
         status, body = await post(served, f"/v1/calls/{sid}/clear")
         assert status == 200 and len(body["cleared"]) == 3
         assert (await post(served, f"/v1/calls/{sid}/say", {"text": "room again", **SAMPLING}))[0] == 202
+
+
+async def test_call_voice_from_custom_parameters(served):
+    """<Parameter name="voice"> makes a stored voice profile the call's voice (its prompt first)."""
+    from tests.integration.test_voices import recording, upload
+
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{served.url}/v1/voices", data=upload(recording(), name="Call voice")) as resp:
+            voice = await resp.json()
+            assert resp.status == 201, voice
+    greeting = "Good evening."
+    async with sim(served, greeting=greeting, voice=voice["voice_id"], seed=8, **SAMPLING) as twilio:
+        await async_wait_until(lambda: "utt_1" in twilio.echoed, 60, "the greeting's mark echoed")
+        state = await call_state(served, twilio.stream_sid)
+    assert state["utterances"][0]["voice_profile_id"] == voice["voice_id"]
+    reference = await native_mulaw(served, greeting, seed=8, voice_profile_id=voice["voice_id"])
+    assert_same_audio(twilio.segments()[0][0], reference)
+    assert reference != await native_mulaw(served, greeting, seed=8)  # the voice is in the prompt
