@@ -94,13 +94,9 @@ async def read_json(request: web.Request) -> object:
 
 async def synthesize(request: web.Request) -> web.Response:
     """The whole utterance: base64 WAV at 24 kHz, or raw G.711 mu-law at 8 kHz (``mulaw_8khz``)."""
-    state = request.app[STATE]
     started = time.perf_counter()
-    state.http_inflight += 1
-    try:
+    with request.app[STATE].http_request():
         return await _synthesize(request, started)
-    finally:
-        state.http_inflight -= 1
 
 
 async def _synthesize(request: web.Request, started: float) -> web.Response:

@@ -174,11 +174,8 @@ def _sse(event: dict[str, object]) -> bytes:
 
 async def create_speech(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
-    state.http_inflight += 1
-    try:
+    with state.http_request():
         return await _create_speech(request, state)
-    finally:
-        state.http_inflight -= 1
 
 
 async def _create_speech(request: web.Request, state: EdgeState) -> web.StreamResponse:

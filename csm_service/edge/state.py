@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -28,6 +30,15 @@ class EdgeState:
     calls: dict = field(default_factory=dict)  # streamSid -> TwilioCall
     draining: bool = False  # SIGTERM: refuse new work, let accepted work finish
     http_inflight: int = 0  # HTTP synthesis requests being answered
+
+    @contextlib.contextmanager
+    def http_request(self) -> Iterator[None]:
+        """Count an HTTP synthesis as in flight (the drain waits for it) while the block runs."""
+        self.http_inflight += 1
+        try:
+            yield
+        finally:
+            self.http_inflight -= 1
 
     def is_idle(self) -> bool:
         """No accepted request is still unanswered (HTTP or any WebSocket session)."""

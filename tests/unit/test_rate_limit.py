@@ -7,14 +7,7 @@ import pytest
 from csm_service.edge.errors import RATE_LIMITED, ApiError
 from csm_service.edge.params import parse_speak
 from csm_service.edge.rate_limit import RateLimiter, client_id, retry_after_header
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.fake_clock import FakeClock
 
 
 def test_burst_then_refill_at_the_rate():

@@ -10,14 +10,7 @@ import pytest
 from csm_service.edge.twilio import protocol
 from csm_service.edge.twilio.call import _typed
 from csm_service.edge.twilio.pacer import FramePacer
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.fake_clock import FakeClock
 
 
 def test_pacer_sends_the_lead_at_once_then_one_frame_per_20_ms():
