@@ -162,6 +162,10 @@ class TwilioCall:
             utterance.status, utterance.error = FAILED, str(err)
             self.state.metrics.requests.labels("twilio_say", err.outcome).inc()
             log.warning("call %s: %s failed: %s", self.stream_sid, utterance.utterance_id, err)
+        except Exception:  # never leave it "speaking": the drain and the queue bound count those
+            utterance.status, utterance.error = FAILED, "Synthesis failed"
+            self.state.metrics.requests.labels("twilio_say", "error").inc()
+            log.exception("call %s: %s failed", self.stream_sid, utterance.utterance_id)
 
     # -- the control API ----------------------------------------------------------------------------
     def utterance(self, body: dict) -> Utterance:
