@@ -22,10 +22,9 @@ import time
 
 import aiohttp
 
+from csm_service.edge.twilio.pacer import FRAME_S
 from csm_service.loadtest import _wait_healthy, percentiles, spawn_serve
 from csm_service.twilio_sim import TwilioSimulator
-
-FRAME_MS = 20
 
 
 async def one_call(url: str, index: int, args: argparse.Namespace) -> dict[str, float | int]:
@@ -61,7 +60,7 @@ async def one_call(url: str, index: int, args: argparse.Namespace) -> dict[str, 
     for arrival in first_utterance:
         if play_end is not None and arrival > play_end:
             gaps, gap_ms = gaps + 1, gap_ms + (arrival - play_end) * 1000
-        play_end = max(play_end or arrival, arrival) + FRAME_MS / 1000
+        play_end = max(play_end or arrival, arrival) + FRAME_S
         most_unplayed = max(most_unplayed, (play_end - arrival) * 1000)
     return {
         "first_frame_ms": first_frame_ms,

@@ -70,7 +70,6 @@ class Encoder:
         self.format = fmt
         source = {"mulaw": MULAW_8K, "alaw": ALAW_8K}.get(fmt.g711 or "", PCM16_24K)
         self.stream = StreamEncoder(source)
-        self.held: list[bytes] = []
 
     def chunk(self, pcm: np.ndarray, last: bool) -> bytes:
         return self.stream.encode(pcm, last)

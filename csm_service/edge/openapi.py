@@ -12,6 +12,8 @@ from aiohttp import web
 from csm_service import __version__
 from csm_service.config import NUM_MIMI_CODES
 from csm_service.edge.openapi_ecosystem import ecosystem_paths, ecosystem_schemas
+from csm_service.edge.openapi_parts import error_doc as _error
+from csm_service.edge.openapi_parts import json_body as _json
 from csm_service.edge.params import (
     DEFAULT_MAX_AUDIO_MS,
     ENGINE_MAX_AUDIO_MS,
@@ -21,17 +23,6 @@ from csm_service.edge.params import (
     MIN_TEMPERATURE,
 )
 from csm_service.edge.state import STATE
-
-ERROR = {"$ref": "#/components/schemas/Error"}
-
-
-def _json(schema: dict) -> dict:
-    return {"content": {"application/json": {"schema": schema}}}
-
-
-def _error(description: str) -> dict:
-    return {"description": description, **_json(ERROR)}
-
 
 VOICE_ID = {"name": "voice_id", "in": "path", "required": True, "schema": {"type": "string", "maxLength": 64}}
 VOICE_PROPERTIES = {

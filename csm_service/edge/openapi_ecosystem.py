@@ -9,6 +9,8 @@ from __future__ import annotations
 from csm_service.audio.containers import FILE_FORMATS
 from csm_service.audio.stretch import MAX_SPEED, MIN_SPEED
 from csm_service.edge.openai_api import EXTENSION_FIELDS, MAX_MODEL_CHARS, OPENAI_VOICES, STREAM_FORMATS
+from csm_service.edge.openapi_parts import error_doc as _error
+from csm_service.edge.openapi_parts import json_body as _json
 from csm_service.edge.twilio.call import CALL_DEFAULTS
 
 NON_BLANK = {"type": "string", "minLength": 1, "pattern": r"\S"}
@@ -31,16 +33,8 @@ OPENAI_ERROR = {
 NAMED = {"type": "object", "required": ["id"], "properties": {"id": {"type": "string"}, "name": {"type": "string"}}}
 
 
-def _json(schema: dict) -> dict:
-    return {"content": {"application/json": {"schema": schema}}}
-
-
 def _openai_error(description: str) -> dict:
-    return {"description": description, **_json({"$ref": "#/components/schemas/OpenAIError"})}
-
-
-def _error(description: str) -> dict:
-    return {"description": description, **_json({"$ref": "#/components/schemas/Error"})}
+    return _error(description, {"$ref": "#/components/schemas/OpenAIError"})
 
 
 STREAM_SID = {"name": "stream_sid", "in": "path", "required": True, "schema": {"type": "string", "maxLength": 64}}

@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass, field
 
 from csm_service.edge.params import SpeakParams
+from csm_service.edge.twilio.pacer import FRAME_S
 from csm_service.voices import Voice
 
 # queued -> speaking (generating and sending) -> sent (mark sent) -> played (mark echoed).
@@ -13,7 +14,7 @@ from csm_service.voices import Voice
 QUEUED, SPEAKING, SENT, PLAYED = "queued", "speaking", "sent", "played"
 CLEARED, INTERRUPTED, FAILED = "cleared", "interrupted", "failed"
 UNFINISHED = (QUEUED, SPEAKING)
-FRAME_MS = 20
+FRAME_MS = round(FRAME_S * 1000)
 
 
 @dataclass
