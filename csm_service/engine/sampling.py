@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 _MASK32 = 0xFFFFFFFF
+_INV_2_24 = 1.0 / (1 << 24)
 
 
 def _fmix32(h: torch.Tensor) -> torch.Tensor:
@@ -27,7 +28,9 @@ def frame_noise(seeds: torch.Tensor, frames: torch.Tensor, num_codebooks: int, v
     """seeds, frames [B] int64 -> uniforms in (0, 1) [B, num_codebooks, vocab_size] float32.
 
     All of a frame's draws in one go: the value for (codebook c, index v) is the same as
-    ``uniform_noise(seeds, frames, c, vocab_size)[:, v]``.
+    ``uniform_noise(seeds, frames, c, vocab_size)[:, v]``. Each uniform is ``(2m + 1) / 2^24`` for
+    the hash's top 23 bits ``m``: exact in float32, so never 0.0 and never 1.0 (a float64 value
+    cast to float32 can round up to 1.0).
     """
     seed_lo, seed_hi = seeds & _MASK32, (seeds >> 32) & _MASK32
     codebooks = torch.arange(num_codebooks, device=seeds.device, dtype=torch.int64)  # [K]
@@ -35,7 +38,13 @@ def frame_noise(seeds: torch.Tensor, frames: torch.Tensor, num_codebooks: int, v
     key = _fmix32(seed_lo.unsqueeze(1) ^ _fmix32(seed_hi.unsqueeze(1) ^ _fmix32(counter)))  # [B, K]
     index = torch.arange(vocab_size, device=seeds.device, dtype=torch.int64)  # [V]
     h = _fmix32(key.unsqueeze(2) ^ _fmix32((index + 0x9E3779B9) & _MASK32))  # [B, K, V]
-    return (h.to(torch.float64) + 0.5).div(2.0**32).to(torch.float32)
+    return hash_to_uniform(h)
+
+
+def hash_to_uniform(h: torch.Tensor) -> torch.Tensor:
+    """32-bit hash values (int64) -> float32 uniforms ``(2m + 1) / 2^24``, m = the top 23 bits."""
+    odd = (h >> 9) * 2 + 1  # 1 .. 2^24 - 1, exactly representable in float32
+    return odd.to(torch.float32) * _INV_2_24
 
 
 def uniform_noise(seeds: torch.Tensor, frames: torch.Tensor, codebook: int, vocab_size: int) -> torch.Tensor:
@@ -47,13 +56,20 @@ def sample_topk(
     logits: torch.Tensor,  # [B, V] float32
     temperature: torch.Tensor,  # [B] float32, > 0
     top_k: torch.Tensor,  # [B] int64, 1..V
-    noise: torch.Tensor,  # [B, V] uniforms in (0, 1)
+    noise: torch.Tensor,  # [B, V] uniforms in [0, 1]; exact 0.0 and 1.0 are handled
 ) -> torch.Tensor:
-    """-> sampled ids [B] int64. top_k == 1 is greedy (argmax)."""
-    scaled = logits / temperature.unsqueeze(1)
+    """-> sampled ids [B] int64, always inside the top k. top_k == 1 is exactly argmax.
+
+    The race ``argmax(p / E)`` with ``E = -log(u) ~ Exp(1)``: ``u = 1`` gives ``E = -0.0`` and
+    ``u = 0`` gives ``E = inf``, so ``E`` is clamped to ``[tiny, inf]`` (no 0/0, no p/-0) and tokens
+    outside the top k score -1, below every candidate's ``p / E >= 0``: no NaN can win the argmax.
+    """
+    scaled = logits / temperature.unsqueeze(1)  # [B, V]
     sorted_desc = scaled.sort(dim=-1, descending=True).values
     kth = sorted_desc.gather(1, (top_k - 1).clamp(0, logits.shape[-1] - 1).unsqueeze(1))  # [B, 1]
-    scaled = scaled.masked_fill(scaled < kth, float("-inf"))
-    probs = torch.softmax(scaled, dim=-1)
-    exp_noise = -torch.log(noise)  # Exp(1)
-    return torch.argmax(probs / exp_noise, dim=-1)
+    is_candidate = scaled >= kth  # [B, V]
+    probs = torch.softmax(scaled.masked_fill(~is_candidate, float("-inf")), dim=-1)  # [B, V]
+    exp_noise = (-torch.log(noise)).clamp_min(torch.finfo(torch.float32).tiny)  # Exp(1), in [tiny, inf]
+    score = torch.where(is_candidate, probs / exp_noise, -1.0)  # [B, V]
+    drawn = torch.argmax(score, dim=-1)  # [B]
+    return torch.where(top_k == 1, torch.argmax(scaled, dim=-1), drawn)
