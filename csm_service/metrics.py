@@ -102,6 +102,11 @@ class EdgeMetrics:
             registry=registry,
         )
         self.sessions = Gauge("csm_edge_websocket_sessions_active", "Open WebSocket sessions", registry=registry)
+        self.engine_replays = Counter(
+            "csm_edge_engine_replays_total",
+            "Utterances replayed on another engine worker after theirs was lost or stopped",
+            registry=registry,
+        )
         self.ws_messages = Counter(
             "csm_edge_websocket_messages_total", "WebSocket messages received by type", ["type"], registry=registry
         )

@@ -111,10 +111,11 @@ def build_app(
     checker: KeyChecker | None = None,
 ) -> web.Application:
     app = web.Application(client_max_size=cfg.max_body_bytes, middlewares=[json_errors, require_key])
-    backend = Backend(client, cfg.request_timeout_s, device_hint)
+    metrics = metrics or EdgeMetrics(registry)
+    backend = Backend(client, cfg.request_timeout_s, device_hint, on_replay=metrics.engine_replays.inc)
     checker = checker or KeyChecker(api_keys(cfg))
     limiter = RateLimiter(cfg.rate_limit_per_s, cfg.rate_limit_burst)
-    state = EdgeState(cfg, backend, registry, metrics or EdgeMetrics(registry), checker, limiter)
+    state = EdgeState(cfg, backend, registry, metrics, checker, limiter)
     state.voices = VoiceStore(cfg.data_dir)
     app[STATE] = state
     app.router.add_get("/", playground.playground)

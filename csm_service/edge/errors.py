@@ -103,7 +103,7 @@ def from_rpc_error(exc: grpc.aio.AioRpcError, started: bool = False) -> ApiError
     so an UNAVAILABLE means the worker went away mid-utterance (not that none was ready)."""
     code, details = exc.code(), exc.details() or ""
     if started and code == grpc.StatusCode.UNAVAILABLE:
-        return ApiError(503, WORKER_LOST, f"the engine worker went away mid-utterance: {details}", retry_after_s=1)
+        return ApiError(503, WORKER_LOST, f"the engine worker went away mid-utterance and no other worker is serving: {details}", retry_after_s=1)
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         field = details.split(":", 1)[0] if ":" in details else None
         if field == "text" and "non-empty" in details:

@@ -160,10 +160,11 @@ class TextToSpeechServicer(tts_pb2_grpc.TextToSpeechServicer):
         sequence = 0
         async for event in self._events(request, context):
             if isinstance(event, AudioChunk):
-                data = encoder.encode(event.pcm)
-                yield pb.AudioChunk(
-                    audio=data, sequence=sequence, duration_ms=encoder.duration_ms(len(data)) * 1.0, **common
-                )
+                data = encoder.encode(event.pcm)  # a replayed chunk too: the encoder's state must follow
+                if sequence >= request.resume_from_sequence:
+                    yield pb.AudioChunk(
+                        audio=data, sequence=sequence, duration_ms=encoder.duration_ms(len(data)) * 1.0, **common
+                    )
                 sequence += 1
             else:
                 tail = encoder.encode(np.zeros(0, np.float32), last=True)

@@ -40,7 +40,7 @@ class ContextSegment(_message.Message):
     def __init__(self, speaker: _Optional[int] = ..., text: _Optional[str] = ..., codes: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class SynthesizeRequest(_message.Message):
-    __slots__ = ("text", "speaker", "max_audio_length_ms", "temperature", "top_k", "seed", "context", "encoding", "request_id", "prefix_segments", "max_context_positions", "raw_text", "voice_profile_id")
+    __slots__ = ("text", "speaker", "max_audio_length_ms", "temperature", "top_k", "seed", "context", "encoding", "request_id", "prefix_segments", "max_context_positions", "raw_text", "voice_profile_id", "resume_from_sequence")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     SPEAKER_FIELD_NUMBER: _ClassVar[int]
     MAX_AUDIO_LENGTH_MS_FIELD_NUMBER: _ClassVar[int]
@@ -54,6 +54,7 @@ class SynthesizeRequest(_message.Message):
     MAX_CONTEXT_POSITIONS_FIELD_NUMBER: _ClassVar[int]
     RAW_TEXT_FIELD_NUMBER: _ClassVar[int]
     VOICE_PROFILE_ID_FIELD_NUMBER: _ClassVar[int]
+    RESUME_FROM_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     text: str
     speaker: int
     max_audio_length_ms: int
@@ -67,7 +68,8 @@ class SynthesizeRequest(_message.Message):
     max_context_positions: int
     raw_text: bool
     voice_profile_id: str
-    def __init__(self, text: _Optional[str] = ..., speaker: _Optional[int] = ..., max_audio_length_ms: _Optional[int] = ..., temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., seed: _Optional[int] = ..., context: _Optional[_Iterable[_Union[ContextSegment, _Mapping]]] = ..., encoding: _Optional[_Union[AudioEncoding, str]] = ..., request_id: _Optional[str] = ..., prefix_segments: _Optional[int] = ..., max_context_positions: _Optional[int] = ..., raw_text: _Optional[bool] = ..., voice_profile_id: _Optional[str] = ...) -> None: ...
+    resume_from_sequence: int
+    def __init__(self, text: _Optional[str] = ..., speaker: _Optional[int] = ..., max_audio_length_ms: _Optional[int] = ..., temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., seed: _Optional[int] = ..., context: _Optional[_Iterable[_Union[ContextSegment, _Mapping]]] = ..., encoding: _Optional[_Union[AudioEncoding, str]] = ..., request_id: _Optional[str] = ..., prefix_segments: _Optional[int] = ..., max_context_positions: _Optional[int] = ..., raw_text: _Optional[bool] = ..., voice_profile_id: _Optional[str] = ..., resume_from_sequence: _Optional[int] = ...) -> None: ...
 
 class Timings(_message.Message):
     __slots__ = ("time_to_first_audio_ms", "generation_time_ms", "real_time_factor", "queue_ms", "prefill_ms", "prompt_positions", "prefix_cache_hit", "context_segments")
