@@ -6,7 +6,6 @@ its address gets work again."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import signal
 import time
