@@ -25,6 +25,8 @@ ENGINE_COUNTERS: dict[str, tuple[str, Callable[[object], float]]] = {
         "Frames generated after a cancel reached the engine (at most one per cancel)",
         lambda s: s.frames_after_cancel,
     ),
+    "csm_engine_failed_prefills": ("Requests ended by an exception in their prefill", lambda s: s.failed_prefills),
+    "csm_engine_failed_steps": ("Frame steps that raised (their requests ended)", lambda s: s.failed_steps),
     "csm_engine_prefix_cache_hits": ("Voice-prompt prefixes whose KV came from the cache", lambda s: s.prefix_hits),
     "csm_engine_prefix_cache_misses": ("Voice-prompt prefixes prefilled (then cached)", lambda s: s.prefix_misses),
 }

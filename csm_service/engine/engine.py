@@ -44,6 +44,15 @@ Sink = Callable[[Event], None]
 _ids = itertools.count(1)
 
 
+def _failure(stage: str, exc: BaseException) -> str:
+    """The client's error text: where it failed and what, one short line (the traceback is logged)."""
+    if isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)):
+        return f"synthesis failed: {stage}: out of memory"
+    lines = str(exc).strip().splitlines()
+    detail = f": {lines[0][:200]}" if lines else ""
+    return f"synthesis failed: {stage}: {type(exc).__name__}{detail}"
+
+
 class RequestHandle:
     """A submitted request: its prompt, its sink, and a thread-safe ``cancel``."""
 
@@ -86,6 +95,8 @@ class EngineStats:
     frames_after_cancel: int = 0  # frames those generated after their cancel arrived (<= 1 each)
     prefix_hits: int = 0  # requests whose prefix KV came from the prefix cache
     prefix_misses: int = 0  # requests with a prefix that had to prefill it
+    failed_prefills: int = 0  # admissions that raised (that request ended with "error")
+    failed_steps: int = 0  # frame steps that raised (every live request ended with "error")
 
 
 class Engine:
@@ -233,21 +244,41 @@ class Engine:
                 if not admitted and not self.slots:
                     self._cond.wait(timeout=0.5)
                     continue
-            try:
-                for slot, handle in admitted:
-                    self._admit(slot, handle)
-                if self.slots:
-                    self._step()
-            except Exception as exc:
-                log.exception("engine step failed")
-                with self._cond:
-                    for slot in list(self.slots):
-                        self._finish(slot, "error", error=f"synthesis failed: {exc}")
+            # A failure ends only the requests it touched and frees their slots; the loop goes on
+            # serving the others (a client would otherwise wait out its deadline on a lost slot).
+            for slot, handle in admitted:
+                self._admit_or_fail(slot, handle)
+            if self.slots:
+                self._step_or_fail()
         with self._cond:
             for slot in list(self.slots):
                 self._finish(slot, "cancelled", error="engine stopped")
             while self.scheduler.waiting:
                 self._finish_unstarted(self.scheduler.waiting.popleft(), "cancelled")
+
+    def _admit_or_fail(self, slot: int, handle: RequestHandle) -> None:
+        """Prefill one admitted request; if anything in that raises, end it alone and free its slot."""
+        try:
+            self._admit(slot, handle)
+        except Exception as exc:
+            log.exception("request %d: prefill failed", handle.id)
+            self.stats.failed_prefills += 1
+            with self._cond:  # _admit adds the slot to self.slots last, so it is not there
+                self._free_slot(slot)
+                self._finish_unstarted(handle, "error", _failure("prefill", exc))
+
+    def _step_or_fail(self) -> None:
+        """One frame for every live slot; if the batch itself fails, end every request in it."""
+        try:
+            self._step()
+        except Exception as exc:
+            # The live rows share the step's tensors (and Mimi's), so no row's output can be trusted.
+            log.exception("frame step failed: ending %d request(s)", len(self.slots))
+            self.stats.failed_steps += 1
+            error = _failure("frame step", exc)
+            with self._cond:
+                for slot in list(self.slots):
+                    self._finish(slot, "error", error=error)
 
     def _admit(self, slot: int, handle: RequestHandle) -> None:
         req, prompt = handle.request, handle.prompt
@@ -302,29 +333,39 @@ class Engine:
         pcm = pcm_device.to("cpu", copy=True).numpy()  # [max_batch, 1920]; rows not live are meaningless
         is_eos = (codes_host == 0).all(axis=1)
         now = time.perf_counter()
-        done: list[tuple[int, str]] = []
+        done: list[tuple[int, str, str | None]] = []
         for slot, state in self.slots.items():
-            state.position += 1
-            if is_eos[slot]:
-                done.append((slot, "eos"))
+            try:
+                reason = self._advance(state, codes_host[slot], pcm[slot], bool(is_eos[slot]), now)
+            except Exception as exc:
+                # Host-side state of this one request: its neighbours' frames are still good.
+                log.exception("request %d: frame bookkeeping failed", state.handle.id)
+                done.append((slot, "error", _failure("frame", exc)))
                 continue
-            state.frames.append(codes_host[slot])
-            state.pcm.append(pcm[slot])  # type: ignore[index]
-            self.stats.frames_generated += 1
-            # Chunks ramp up (1, 1, 2, 4, 4... with the defaults): none is longer than the audio
-            # already sent, so a listener playing in real time does not run dry while it is made.
-            want = (
-                self.cfg.first_chunk_frames
-                if state.chunk_index == 0
-                else max(1, min(self.cfg.chunk_frames, state.frames_sent))
-            )
-            if len(state.pcm) >= want:
-                self._emit_chunk(state, now)
-            if len(state.frames) >= state.max_frames:
-                done.append((slot, "max_length"))
+            if reason is not None:
+                done.append((slot, reason, None))
         with self._cond:
-            for slot, reason in done:
-                self._finish(slot, reason)
+            for slot, reason, error in done:
+                self._finish(slot, reason, error=error)
+
+    def _advance(self, state: _Slot, codes: np.ndarray, pcm: np.ndarray, is_eos: bool, now: float) -> str | None:
+        """Take one frame into a slot (chunking its audio) -> why the request ends now, or None."""
+        state.position += 1
+        if is_eos:
+            return "eos"
+        state.frames.append(codes)
+        state.pcm.append(pcm)
+        self.stats.frames_generated += 1
+        # Chunks ramp up (1, 1, 2, 4, 4... with the defaults): none is longer than the audio
+        # already sent, so a listener playing in real time does not run dry while it is made.
+        want = (
+            self.cfg.first_chunk_frames
+            if state.chunk_index == 0
+            else max(1, min(self.cfg.chunk_frames, state.frames_sent))
+        )
+        if len(state.pcm) >= want:
+            self._emit_chunk(state, now)
+        return "max_length" if len(state.frames) >= state.max_frames else None
 
     def _emit_chunk(self, state: _Slot, now: float) -> None:
         if not state.pcm:
@@ -338,13 +379,36 @@ class Engine:
         self._deliver(state.handle, chunk)
 
     def _finish(self, slot: int, reason: str, error: str | None = None) -> None:
-        """Close a running request (caller holds the lock)."""
+        """Close a running request and free its slot (caller holds the lock)."""
         state = self.slots.pop(slot)
-        self.runner.release(slot)
-        self.scheduler.release(slot)
+        self._free_slot(slot)  # first: nothing below may leave the slot held
         if reason == "cancelled" and state.handle.cancelled.is_set():
             self.stats.cancelled_running += 1
             self.stats.frames_after_cancel += len(state.frames) - state.handle.frames_at_cancel
+        try:
+            event = self._final_event(state, reason, error)
+        except Exception as exc:
+            log.exception("request %d: finishing failed", state.handle.id)
+            reason = "error"  # the caller still gets an ending, never silence
+            no_codes = np.zeros((32, 0), np.int64)
+            event = Finished(
+                reason, len(state.frames), state.handle.seed, state.timings, _failure("finish", exc), no_codes
+            )
+        self._count(reason)
+        self._deliver(state.handle, event)
+
+    def _free_slot(self, slot: int) -> None:
+        """Mark the slot's row idle on the device and give the slot back to the scheduler (lock held)."""
+        try:
+            self.runner.release(slot)
+        except Exception:
+            # The next prefill into this row rewrites all of its state; keeping the slot would lose it.
+            log.exception("slot %d: runner release failed", slot)
+        finally:
+            self.scheduler.release(slot)
+
+    def _final_event(self, state: _Slot, reason: str, error: str | None) -> Finished:
+        """The last chunk (a request that ended well) goes out, then its Finished event."""
         if reason in ("eos", "max_length"):
             self._emit_chunk(state, time.perf_counter())
         timings = state.timings
@@ -354,12 +418,12 @@ class Engine:
         codes = (
             np.stack(state.frames, axis=1).clip(0, NUM_MIMI_CODES - 1) if state.frames else np.zeros((32, 0), np.int64)
         )
-        self._count(reason)
-        self._deliver(state.handle, Finished(reason, len(state.frames), state.handle.seed, timings, error, codes))
+        return Finished(reason, len(state.frames), state.handle.seed, timings, error, codes)
 
-    def _finish_unstarted(self, handle: RequestHandle, reason: str) -> None:
+    def _finish_unstarted(self, handle: RequestHandle, reason: str, error: str | None = None) -> None:
+        """Close a request that has no slot (left the queue, or its prefill failed)."""
         self._count(reason)
-        self._deliver(handle, Finished(reason, 0, handle.seed, Timings(), None, np.zeros((32, 0), dtype=np.int64)))
+        self._deliver(handle, Finished(reason, 0, handle.seed, Timings(), error, np.zeros((32, 0), dtype=np.int64)))
 
     def _count(self, reason: str) -> None:
         self.stats.finished[reason] = self.stats.finished.get(reason, 0) + 1
