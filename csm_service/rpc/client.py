@@ -4,6 +4,14 @@
 gRPC's own ``round_robin`` policy and client-side health checking, so a worker that is loading,
 draining or dead gets no new calls. A single DNS name (a Kubernetes headless Service) resolves to
 all its pods the same way.
+
+Keepalive: the client pings every connection every ``keepalive_time_s`` (10 s), with calls or
+without and however long no data has flowed (the Health.Watch streams of client-side health
+checking sit idle for minutes), and drops a connection whose ping goes unanswered for
+``keepalive_timeout_s``. The engine's server permits exactly this (``rpc/server.py``:
+``min_ping_interval_s`` 5 s <= 10 s), so it never answers with GOAWAY ``too_many_pings``. A
+GOAWAY the engine sends when a connection reaches its maximum age makes the channel reconnect and
+re-resolve the DNS name, which is how an edge finds engine pods added after it started.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ from collections.abc import AsyncIterator
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from csm_service.config import ServiceConfig
 from csm_service.rpc.formats import SERVICE_NAME
 from csm_service.rpc.gen.csm.v1 import tts_pb2 as pb
 from csm_service.rpc.gen.csm.v1 import tts_pb2_grpc
@@ -56,9 +65,36 @@ def channel_target(addresses: str | list[str] | tuple[str, ...]) -> str:
     return "ipv4:" + ",".join(resolved)
 
 
+KEEPALIVE_TIME_S = 10.0  # ServiceConfig.grpc_keepalive_time_s
+KEEPALIVE_TIMEOUT_S = 10.0  # ServiceConfig.grpc_keepalive_timeout_s
+
+
+def keepalive_options(keepalive_time_s: float, keepalive_timeout_s: float) -> list[tuple[str, int]]:
+    """gRPC core arguments for pings every ``keepalive_time_s``, idle or not (client and server)."""
+    if keepalive_time_s <= 0 or keepalive_timeout_s <= 0:
+        raise ValueError("keepalive time and timeout must be > 0 s")
+    return [
+        ("grpc.keepalive_time_ms", round(keepalive_time_s * 1000)),
+        ("grpc.keepalive_timeout_ms", round(keepalive_timeout_s * 1000)),
+        ("grpc.keepalive_permit_without_calls", 1),  # ping even with no call open
+        # gRPC's default (2) stops pinging after two pings without data, then throttles to one a
+        # minute: a dead peer behind an idle Health.Watch stream would go unnoticed for minutes.
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+
+
+def client_policy(cfg: ServiceConfig) -> dict[str, float]:
+    """EngineClient's keepalive keywords from the service configuration."""
+    return {"keepalive_time_s": cfg.grpc_keepalive_time_s, "keepalive_timeout_s": cfg.grpc_keepalive_timeout_s}
+
+
 class EngineClient:
     def __init__(
-        self, addresses: str | list[str] | tuple[str, ...], metadata: tuple[tuple[str, str], ...] = ()
+        self,
+        addresses: str | list[str] | tuple[str, ...],
+        metadata: tuple[tuple[str, str], ...] = (),
+        keepalive_time_s: float = KEEPALIVE_TIME_S,
+        keepalive_timeout_s: float = KEEPALIVE_TIMEOUT_S,
     ) -> None:
         self.target = channel_target(addresses)
         self.channel = grpc.aio.insecure_channel(
@@ -66,8 +102,7 @@ class EngineClient:
             options=[
                 ("grpc.service_config", json.dumps(SERVICE_CONFIG)),
                 ("grpc.enable_retries", 1),
-                ("grpc.keepalive_time_ms", 10_000),
-                ("grpc.keepalive_timeout_ms", 5_000),
+                *keepalive_options(keepalive_time_s, keepalive_timeout_s),
                 # A worker that comes back is used again within seconds (gRPC's default backoff grows
                 # to 120 s between reconnection attempts).
                 ("grpc.initial_reconnect_backoff_ms", 500),

@@ -3,6 +3,14 @@
 Start-up: the server listens at once with health NOT_SERVING, the engine is built and warmed in a
 thread, then health turns SERVING. SIGTERM: NOT_SERVING, refuse new work, let running utterances
 finish up to the drain deadline, stop.
+
+Connection policy (docs/deploy.md, "gRPC keepalive and connection age"): clients may ping every
+``min_ping_interval_s`` (5 s, half the edge's 10 s keepalive), with calls or without, and a ping
+that comes sooner is never punished with GOAWAY ``too_many_pings`` unless ``max_ping_strikes`` is
+set above 0: that GOAWAY closes the connection and every utterance streaming on it. A connection
+older than ``max_connection_age_s`` (300 s) gets a GOAWAY so that clients reconnect and re-resolve
+DNS (new engine pods get traffic); its calls in flight then have ``max_connection_age_grace_s``
+(600 s, above the edge's 300 s request deadline) to finish before it is closed.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from grpc_reflection.v1alpha import reflection
 from csm_service import __version__
 from csm_service.audio.encoder import StreamEncoder
 from csm_service.auth import GrpcKeyInterceptor, KeyChecker
+from csm_service.config import ServiceConfig
 from csm_service.engine.engine import Engine
 from csm_service.engine.request import (
     AudioChunk,
@@ -29,6 +38,7 @@ from csm_service.engine.request import (
     Overloaded,
 )
 from csm_service.metrics import EngineMetrics
+from csm_service.rpc.client import KEEPALIVE_TIME_S, KEEPALIVE_TIMEOUT_S, keepalive_options
 from csm_service.rpc.convert import codes_to_proto, to_engine_request
 from csm_service.rpc.formats import ENCODING_FORMATS, FINISH_REASONS, SERVICE_NAME
 from csm_service.rpc.gen.csm.v1 import tts_pb2 as pb
@@ -244,6 +254,54 @@ def _engine_info(engine: Engine | None, model: str) -> pb.EngineInfo:
     return pb.EngineInfo(ready=engine.is_serving, version=__version__, **info)
 
 
+MIN_PING_INTERVAL_S = 5.0  # ServiceConfig.grpc_min_ping_interval_s
+MAX_PING_STRIKES = 0  # ServiceConfig.grpc_max_ping_strikes
+MAX_CONNECTION_AGE_S = 300.0  # ServiceConfig.grpc_max_connection_age_s
+MAX_CONNECTION_AGE_GRACE_S = 600.0  # ServiceConfig.grpc_max_connection_age_grace_s
+
+
+def server_options(
+    keepalive_time_s: float = KEEPALIVE_TIME_S,
+    keepalive_timeout_s: float = KEEPALIVE_TIMEOUT_S,
+    min_ping_interval_s: float = MIN_PING_INTERVAL_S,
+    max_ping_strikes: int = MAX_PING_STRIKES,
+    max_connection_age_s: float = MAX_CONNECTION_AGE_S,
+    max_connection_age_grace_s: float = MAX_CONNECTION_AGE_GRACE_S,
+) -> list[tuple[str, int]]:
+    """gRPC core arguments of the engine's server: its ping policy, its own pings, connection age."""
+    if min_ping_interval_s < 0 or max_ping_strikes < 0 or max_connection_age_s < 0 or max_connection_age_grace_s < 0:
+        raise ValueError("gRPC ping interval, strikes and connection age must be >= 0")
+    options = [
+        ("grpc.so_reuseport", 0),
+        # The ping policy: pings are welcome every min_ping_interval_s, with or without calls open
+        # (keepalive_options' grpc.keepalive_permit_without_calls). gRPC's defaults: every 5 minutes
+        # while no data flows, never without calls, GOAWAY after 2 early ones.
+        ("grpc.http2.min_ping_interval_without_data_ms", round(min_ping_interval_s * 1000)),
+        ("grpc.http2.max_ping_strikes", max_ping_strikes),  # 0: early pings never close the connection
+        # The server's own pings: a client that vanished (no FIN, no RST) is dropped and its streams
+        # cancelled, which frees their batch slots, in keepalive_time_s + keepalive_timeout_s.
+        *keepalive_options(keepalive_time_s, keepalive_timeout_s),
+    ]
+    if max_connection_age_s > 0:
+        options += [
+            ("grpc.max_connection_age_ms", round(max_connection_age_s * 1000)),
+            ("grpc.max_connection_age_grace_ms", round(max_connection_age_grace_s * 1000)),
+        ]
+    return options
+
+
+def server_policy(cfg: ServiceConfig) -> dict[str, float]:
+    """EngineServer's connection-policy keywords from the service configuration."""
+    return {
+        "keepalive_time_s": cfg.grpc_keepalive_time_s,
+        "keepalive_timeout_s": cfg.grpc_keepalive_timeout_s,
+        "min_ping_interval_s": cfg.grpc_min_ping_interval_s,
+        "max_ping_strikes": cfg.grpc_max_ping_strikes,
+        "max_connection_age_s": cfg.grpc_max_connection_age_s,
+        "max_connection_age_grace_s": cfg.grpc_max_connection_age_grace_s,
+    }
+
+
 class EngineServer:
     """The grpc.aio server around one engine, with health and reflection."""
 
@@ -254,11 +312,29 @@ class EngineServer:
         model: str = "",
         checker: KeyChecker | None = None,
         voices: VoiceStore | None = None,
+        *,
+        keepalive_time_s: float = KEEPALIVE_TIME_S,
+        keepalive_timeout_s: float = KEEPALIVE_TIMEOUT_S,
+        min_ping_interval_s: float = MIN_PING_INTERVAL_S,
+        max_ping_strikes: int = MAX_PING_STRIKES,
+        max_connection_age_s: float = MAX_CONNECTION_AGE_S,
+        max_connection_age_grace_s: float = MAX_CONNECTION_AGE_GRACE_S,
+        options: list[tuple[str, int]] | None = None,
     ) -> None:
+        """``options`` replaces the gRPC arguments built from the other keywords (tests use it)."""
         self.servicer = TextToSpeechServicer(metrics, model, voices)
         self.health = HealthServicer()
         interceptors = [GrpcKeyInterceptor(checker)] if checker is not None and checker.enabled else []
-        self.server = grpc.aio.server(options=[("grpc.so_reuseport", 0)], interceptors=interceptors)
+        if options is None:
+            options = server_options(
+                keepalive_time_s,
+                keepalive_timeout_s,
+                min_ping_interval_s,
+                max_ping_strikes,
+                max_connection_age_s,
+                max_connection_age_grace_s,
+            )
+        self.server = grpc.aio.server(options=options, interceptors=interceptors)
         tts_pb2_grpc.add_TextToSpeechServicer_to_server(self.servicer, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(

@@ -13,7 +13,7 @@ from csm_service.config import EngineConfig, ServiceConfig, api_keys
 from csm_service.engine.build import build_engine
 from csm_service.engine.engine import Engine
 from csm_service.metrics import EngineMetrics
-from csm_service.rpc.server import EngineServer
+from csm_service.rpc.server import EngineServer, server_policy
 from csm_service.voices import VoiceStore
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,12 @@ async def run_engine_worker(cfg: ServiceConfig) -> int:
     checker = KeyChecker(api_keys(cfg))
     warn_if_open(checker, cfg.grpc_host, "the gRPC engine worker")
     server = EngineServer(
-        metrics, f"{cfg.grpc_host}:{cfg.grpc_port}", cfg.engine.model, checker, VoiceStore(cfg.data_dir)
+        metrics,
+        f"{cfg.grpc_host}:{cfg.grpc_port}",
+        cfg.engine.model,
+        checker,
+        VoiceStore(cfg.data_dir),
+        **server_policy(cfg),
     )
     await server.start()  # health: NOT_SERVING while the model loads
     log.info("gRPC listening on %s:%d (NOT_SERVING until the model is warm)", cfg.grpc_host, server.port)

@@ -83,9 +83,17 @@ async def test_playground_in_headless_chromium(served, tmp_path):
             await page.fill("#voice-name", "Browser voice")
             await page.fill("#voice-transcript", "Hi, this is Sam from the front desk.")
             await page.click("#upload")
-            await page.wait_for_function("document.getElementById('voice-status').textContent.startsWith('created')")
-            voice_id = await page.input_value("#voice")
-            assert voice_id.startswith("voice_")
+            # The status says "created <id>" before the page reloads the voice list and selects
+            # the new voice: wait for the select itself to hold that id, not for the status alone.
+            created = await page.wait_for_function(
+                """() => {
+                    const m = document.getElementById('voice-status').textContent.match(/^created (\\S+)/);
+                    return m !== null && document.getElementById('voice').value === m[1] ? m[1] : null;
+                }""",
+                timeout=60_000,
+            )
+            voice_id = await created.json_value()
+            assert voice_id.startswith("voice_") and await page.input_value("#voice") == voice_id
             assert await speak(page) == "done"  # with the uploaded voice selected
             await page.screenshot(path=str(shots / "playground.png"), full_page=True)
 

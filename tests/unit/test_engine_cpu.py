@@ -100,14 +100,34 @@ def test_context_segment_changes_output(engine):
 
 
 def test_cancel_frees_slot(engine):
+    """A cancel frees the slot at the next frame: at most one more frame is generated for it.
+
+    The sink holds the engine thread on the first chunk until the cancel has been made, so the
+    cancel lands at a known frame however loaded the machine is (no race with the generation)."""
     events: queue.Queue = queue.Queue()
-    handle = engine.submit(SynthesisRequest("Long one", max_audio_length_ms=60_000, seed=1), events.put)
+    cancelled = threading.Event()
+
+    def sink(event):
+        events.put(event)
+        if isinstance(event, AudioChunk) and event.index == 0:
+            cancelled.wait(timeout=60)  # the engine thread waits here until the test has cancelled
+
+    before_cancelled, before_after = engine.stats.cancelled_running, engine.stats.frames_after_cancel
+    free_before = engine.scheduler.num_free
+    handle = engine.submit(SynthesisRequest("Long one", max_audio_length_ms=60_000, seed=1), sink)
     first = events.get(timeout=30)
-    assert isinstance(first, AudioChunk)
+    assert isinstance(first, AudioChunk) and first.num_frames == 1
     handle.cancel()
+    cancelled.set()
     while not isinstance(event := events.get(timeout=30), Finished):
-        pass
-    assert event.reason == "cancelled" and event.num_frames < 750
+        assert isinstance(event, AudioChunk)
+    assert event.reason == "cancelled"
+    assert handle.frames_at_cancel == 1  # the cancel came right after the first frame...
+    assert event.num_frames <= handle.frames_at_cancel + 1  # ...and at most one frame followed it
+    assert engine.stats.cancelled_running == before_cancelled + 1
+    assert engine.stats.frames_after_cancel - before_after == event.num_frames - handle.frames_at_cancel
+    # The slot is free by the time the request's end is delivered, not some time later.
+    assert engine.scheduler.num_free == free_before
     _, done = run(engine, SynthesisRequest("Next", max_audio_length_ms=160, seed=1))
     assert done.reason == "max_length"
 
