@@ -56,12 +56,61 @@ def cmd_say(args: argparse.Namespace) -> int:
         return 2
 
 
+# gRPC connection policy (docs/deploy.md, "gRPC keepalive and connection age"): the pings every
+# client of an engine sends, and what the engine's server allows and enforces.
+GRPC_CLIENT_OPTS = ("grpc_keepalive_time_s", "grpc_keepalive_timeout_s")
+GRPC_SERVER_OPTS = (
+    *GRPC_CLIENT_OPTS,  # the engine pings its clients too
+    "grpc_min_ping_interval_s",
+    "grpc_max_ping_strikes",
+    "grpc_max_connection_age_s",
+    "grpc_max_connection_age_grace_s",
+)
+
+
+def _grpc_flags(p: argparse.ArgumentParser, server: bool) -> None:
+    g = p.add_argument_group("gRPC connections (edge <-> engine)")
+    g.add_argument(
+        "--grpc-keepalive-time-s", type=float, help="ping each connection this often (CSM_GRPC_KEEPALIVE_TIME_S, 10)"
+    )
+    g.add_argument(
+        "--grpc-keepalive-timeout-s",
+        type=float,
+        help="drop a connection whose ping is unanswered this long (CSM_GRPC_KEEPALIVE_TIMEOUT_S, 10)",
+    )
+    if not server:
+        return
+    g.add_argument(
+        "--grpc-min-ping-interval-s",
+        type=float,
+        help="clients may ping this often; keep it <= their keepalive time (CSM_GRPC_MIN_PING_INTERVAL_S, 5)",
+    )
+    g.add_argument(
+        "--grpc-max-ping-strikes",
+        type=int,
+        help="too-early pings before GOAWAY too_many_pings, 0 = never (CSM_GRPC_MAX_PING_STRIKES, 0)",
+    )
+    g.add_argument(
+        "--grpc-max-connection-age-s",
+        type=float,
+        help="GOAWAY after this, so clients reconnect and re-resolve DNS; 0 = never (CSM_GRPC_MAX_CONNECTION_AGE_S, 300)",
+    )
+    g.add_argument(
+        "--grpc-max-connection-age-grace-s",
+        type=float,
+        help="then calls in flight get this long to finish (CSM_GRPC_MAX_CONNECTION_AGE_GRACE_S, 600)",
+    )
+
+
 def cmd_engine(args: argparse.Namespace) -> int:
     import asyncio
 
     from csm_service.rpc.worker import run_engine_worker
 
-    cfg = _config(args, (*ENGINE_OPTS, "grpc_host", "grpc_port", "metrics_port", "drain_timeout_s", "data_dir"))
+    cfg = _config(
+        args,
+        (*ENGINE_OPTS, *GRPC_SERVER_OPTS, "grpc_host", "grpc_port", "metrics_port", "drain_timeout_s", "data_dir"),
+    )
     return asyncio.run(run_engine_worker(cfg))
 
 
@@ -86,6 +135,8 @@ EDGE_OPTS = (
     "session_context_positions",
     "max_piece_chars",
     "twilio_lead_ms",
+    "call_drain_s",
+    "ready_wait_s",
 )
 
 
@@ -127,6 +178,16 @@ def _edge_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--twilio-lead-ms", type=int, help="Twilio streams: audio sent ahead of the playhead (CSM_TWILIO_LEAD_MS, 60)"
     )
+    g.add_argument(
+        "--call-drain-s",
+        type=float,
+        help="SIGTERM: live sessions and calls may go on this long before they are closed (CSM_CALL_DRAIN_S, 300)",
+    )
+    g.add_argument(
+        "--ready-wait-s",
+        type=float,
+        help="a Twilio call arriving while the model loads is held this long (CSM_READY_WAIT_S, 120)",
+    )
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -134,7 +195,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from csm_service.serve import run_serve
 
-    cfg = _config(args, (*ENGINE_OPTS, *EDGE_OPTS, "grpc_host", "grpc_port", "drain_timeout_s"))
+    cfg = _config(args, (*ENGINE_OPTS, *EDGE_OPTS, *GRPC_SERVER_OPTS, "grpc_host", "grpc_port", "drain_timeout_s"))
     return asyncio.run(run_serve(cfg))
 
 
@@ -143,7 +204,7 @@ def cmd_edge(args: argparse.Namespace) -> int:
 
     from csm_service.edge.app import run_edge  # no torch in this process
 
-    cfg = _config(args, (*EDGE_OPTS, "engine_addresses"))
+    cfg = _config(args, (*EDGE_OPTS, *GRPC_CLIENT_OPTS, "engine_addresses"))
     return asyncio.run(run_edge(cfg))
 
 
@@ -190,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--drain-timeout-s", type=float, help="SIGTERM drain deadline (CSM_DRAIN_TIMEOUT_S)")
     _edge_flags(serve)
     _engine_flags(serve)
+    _grpc_flags(serve, server=True)
     serve.set_defaults(func=cmd_serve)
 
     edge = sub.add_parser("edge", help="the HTTP/WebSocket edge alone, in front of gRPC engine workers")
@@ -197,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--engine", dest="engine_addresses", help="host:port[,host:port...] of the engine workers (CSM_ENGINE)"
     )
     _edge_flags(edge)
+    _grpc_flags(edge, server=False)
     edge.set_defaults(func=cmd_edge)
 
     say = sub.add_parser("say", help="synthesise text to an audio file, or stream it (--stream)")
@@ -223,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     engine.add_argument("--drain-timeout-s", type=float, help="SIGTERM drain deadline (CSM_DRAIN_TIMEOUT_S)")
     engine.add_argument("--data-dir", help="voice profiles for voice_profile_id (CSM_DATA_DIR, default ./data)")
     _engine_flags(engine)
+    _grpc_flags(engine, server=True)
     engine.set_defaults(func=cmd_engine)
 
     fetch = sub.add_parser("fetch", help="download the model, tokenizer and Mimi into the HF cache (HF_TOKEN)")

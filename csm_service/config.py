@@ -104,6 +104,15 @@ class ServiceConfig:
     health_port: int = 0  # a second port for /ping and /health (RunPod's PORT_HEALTH); 0 = none
     grpc_host: str = "0.0.0.0"
     grpc_port: int = 50051
+    # gRPC between edge and engines (docs/deploy.md, "gRPC keepalive and connection age"). Both ends
+    # ping every grpc_keepalive_time_s; the engine permits pings every grpc_min_ping_interval_s,
+    # which must stay <= the edge's grpc_keepalive_time_s, or the engine sees its pings as abuse.
+    grpc_keepalive_time_s: float = 10.0  # ping each connection this often, with calls or without
+    grpc_keepalive_timeout_s: float = 10.0  # a ping unanswered this long drops the connection (dead peer)
+    grpc_min_ping_interval_s: float = 5.0  # engine: pings this often are allowed; sooner ones are strikes
+    grpc_max_ping_strikes: int = 0  # engine: strikes before GOAWAY too_many_pings; 0 = never GOAWAY
+    grpc_max_connection_age_s: float = 300.0  # engine: then GOAWAY, clients reconnect + re-resolve DNS; 0 = never
+    grpc_max_connection_age_grace_s: float = 600.0  # engine: calls in flight then get this long (> request_timeout_s)
     metrics_port: int = 0  # 0: no separate metrics port
     engine_addresses: tuple[str, ...] = ()
     data_dir: str = "./data"
@@ -111,6 +120,10 @@ class ServiceConfig:
     api_keys_file: str = ""  # one key per line ('#' comments), added to api_keys
     log_level: str = "INFO"
     drain_timeout_s: float = 30.0  # SIGTERM: how long running utterances may take to finish
+    # SIGTERM on an edge: live WebSocket sessions and Twilio calls go on (new utterances included)
+    # until they end or this passes; then each stream ends with "Shutting down" and closes with 1001.
+    call_drain_s: float = 300.0
+    ready_wait_s: float = 120.0  # a Twilio call that arrives while the model loads is held this long
     # Edge bounds: every one answers with a clear error, never by dropping the session.
     max_text_chars: int = 4000  # per synthesize request
     max_body_bytes: int = 1 << 20  # HTTP request body
@@ -128,6 +141,7 @@ class ServiceConfig:
     ws_auth_timeout_s: float = 10.0  # keys on, none at the upgrade: the "auth" message must come by then
     ws_idle_timeout_s: float = 300.0  # close a session with no message and no work for this long; 0 = never
     twilio_lead_ms: int = 60  # Twilio media streams: how far ahead of the playhead frames are sent
+    runpod_concurrency: int = 0  # jobs a RunPod queue worker takes at once; 0 = the engine's max_batch
 
 
 _ENV_PREFIX = "CSM_"

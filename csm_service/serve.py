@@ -3,13 +3,13 @@
 Start-up order: gRPC listens (NOT_SERVING) and the edge listens (``/health`` 503, "loading") at
 once; the engine is built, loaded and warmed in a thread; then gRPC health turns SERVING and the
 edge serves. The edge reaches the engine over gRPC on loopback, exactly as a separate edge would,
-and internal callers can use the same gRPC port. SIGTERM: the engine stops admitting, running
-utterances finish (up to the drain deadline), WebSockets close with 1001, exit 0.
+and internal callers can use the same gRPC port. SIGTERM: /health turns 503 and new
+sessions are refused, live sessions and calls go on to their end (or ``call_drain_s``), then the
+engine drains (``drain_timeout_s``), WebSockets close with 1001, exit 0.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from prometheus_client import CollectorRegistry
@@ -19,8 +19,8 @@ from csm_service.config import ServiceConfig, api_keys
 from csm_service.edge.app import EdgeServer, build_app
 from csm_service.engine.runner import pick_device
 from csm_service.metrics import EngineMetrics
-from csm_service.rpc.client import EngineClient
-from csm_service.rpc.server import EngineServer
+from csm_service.rpc.client import EngineClient, client_policy
+from csm_service.rpc.server import EngineServer, server_policy
 from csm_service.rpc.worker import load_engine, stop_event
 from csm_service.voices import VoiceStore
 
@@ -38,27 +38,37 @@ async def run_serve(cfg: ServiceConfig) -> int:
     warn_if_open(checker, cfg.host, "the HTTP/WebSocket edge")
     warn_if_open(checker, cfg.grpc_host, "gRPC")
     grpc_server = EngineServer(
-        EngineMetrics(registry), f"{cfg.grpc_host}:{cfg.grpc_port}", cfg.engine.model, checker, VoiceStore(cfg.data_dir)
+        EngineMetrics(registry),
+        f"{cfg.grpc_host}:{cfg.grpc_port}",
+        cfg.engine.model,
+        checker,
+        VoiceStore(cfg.data_dir),
+        **server_policy(cfg),
     )
     await grpc_server.start()
     log.info("gRPC on %s:%d (NOT_SERVING until the model is warm)", cfg.grpc_host, grpc_server.port)
-    client = EngineClient(f"{_loopback(cfg.grpc_host)}:{grpc_server.port}", metadata=grpc_metadata(keys))
+    client = EngineClient(
+        f"{_loopback(cfg.grpc_host)}:{grpc_server.port}", metadata=grpc_metadata(keys), **client_policy(cfg)
+    )
     app = build_app(cfg, client, registry, device_hint=pick_device(cfg.engine.device).type, checker=checker)
     edge = EdgeServer(app, cfg.host, cfg.port, cfg.health_port)
     await edge.start()
     stop = stop_event()
     code = 0
+    engine = None
     try:
         engine = await load_engine(grpc_server, cfg.engine, stop)
         if engine is not None:
             log.info("serving: http://%s:%d  gRPC :%d", cfg.host, cfg.port, grpc_server.port)
             await stop.wait()
-            log.info("SIGTERM: draining (up to %.0f s)", cfg.drain_timeout_s)
+            log.info("SIGTERM: draining calls (up to %.0f s)", cfg.call_drain_s)
     except Exception:
         log.exception("engine failed to start")
         code = 1
-    edge.begin_drain()  # /health 503 and new work refused first, then accepted work finishes
-    await asyncio.gather(grpc_server.drain_and_stop(cfg.drain_timeout_s), edge.wait_idle(cfg.drain_timeout_s))
+    # The edge first: /health 503 and new sessions refused at once, live calls go on to their end
+    # (or the call-drain deadline) on the engine, which keeps serving them; then the engine drains.
+    await edge.drain(cfg.call_drain_s if engine is not None else 0.0)
+    await grpc_server.drain_and_stop(cfg.drain_timeout_s)
     await edge.stop()
     await client.close()
     log.info("stopped")

@@ -25,12 +25,14 @@ from csm_service.edge.twilio import routes as twilio_routes
 from csm_service.edge.ws_gate import GOING_AWAY, open_websocket
 from csm_service.edge.ws_session import WsSession
 from csm_service.metrics import EdgeMetrics
-from csm_service.rpc.client import EngineClient
+from csm_service.rpc.client import EngineClient, client_policy
 from csm_service.voices import VoiceStore
 
 log = logging.getLogger(__name__)
 
 MAX_SESSION_ID_CHARS = 256
+DRAIN_DEADLINE_DETAIL = "the server is shutting down: its call-drain deadline passed; reconnect to continue"
+FINAL_REPLY_WAIT_S = 5.0  # past the call-drain deadline: time for the final errors to be sent
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 OPEN_PATHS = ("/", "/health", "/ping", "/metrics", "/openapi.json", "/docs")  # no key needed
 # WebSockets check keys themselves: a query parameter or first message (native), or a Twilio
@@ -159,18 +161,34 @@ class EdgeServer:
             log.info("health checks (/ping, /health) also on port %d", self.health_port)
 
     def begin_drain(self) -> None:
-        """SIGTERM, first step: health answers 503 and new work is refused; accepted work goes on."""
+        """SIGTERM, first step: health answers 503 and new sessions, calls and HTTP requests are
+        refused; live sessions and calls go on, new utterances included."""
         self.app[STATE].draining = True
-        log.info("draining: /health is 503, new requests and sessions are refused")
+        log.info("draining: /health is 503, new sessions and requests are refused; live calls go on")
 
-    async def wait_idle(self, deadline_s: float) -> bool:
-        """Wait until every accepted request is answered, at most ``deadline_s``; True if all were."""
-        state = self.app[STATE]
+    async def _wait_for(self, condition: Callable[[], bool], deadline_s: float) -> bool:
         loop = asyncio.get_running_loop()
         end = loop.time() + deadline_s
-        while not state.is_idle() and loop.time() < end:
+        while not condition() and loop.time() < end:
             await asyncio.sleep(0.05)
-        return state.is_idle()
+        return condition()
+
+    async def drain(self, call_drain_s: float) -> None:
+        """SIGTERM: :meth:`begin_drain`, then wait until every session, call and HTTP request has
+        ended, at most ``call_drain_s``. Past it, every utterance still in flight ends with the same
+        final error (``Shutting down``), and the sessions close with 1001."""
+        self.begin_drain()
+        state = self.app[STATE]
+        if await self._wait_for(lambda: not state.sessions and not state.http_inflight, call_drain_s):
+            return
+        log.warning(
+            "call drain deadline (%.0f s): ending %d sessions and calls, %d HTTP requests",
+            call_drain_s,
+            len(state.sessions),
+            state.http_inflight,
+        )
+        state.backend.abort_all(DRAIN_DEADLINE_DETAIL)
+        await self._wait_for(state.is_idle, FINAL_REPLY_WAIT_S)  # the final errors reach the clients
 
     async def stop(self) -> None:
         """Close every session with 1001 (going away), then the listeners."""
@@ -185,7 +203,7 @@ async def run_edge(cfg: ServiceConfig) -> int:
         log.error("no engine workers: pass --engine host:port[,host:port...] or set CSM_ENGINE")
         return 2
     keys = api_keys(cfg)
-    client = EngineClient(list(cfg.engine_addresses), metadata=grpc_metadata(keys))
+    client = EngineClient(list(cfg.engine_addresses), metadata=grpc_metadata(keys), **client_policy(cfg))
     registry = CollectorRegistry()
     checker = KeyChecker(keys)
     warn_if_open(checker, cfg.host, "the HTTP/WebSocket edge")
@@ -197,9 +215,7 @@ async def run_edge(cfg: ServiceConfig) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    server.begin_drain()
-    if not await server.wait_idle(cfg.drain_timeout_s):
-        log.warning("drain deadline (%.0f s) passed with requests unanswered", cfg.drain_timeout_s)
+    await server.drain(cfg.call_drain_s)
     await server.stop()
     await client.close()
     return 0

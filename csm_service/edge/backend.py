@@ -73,7 +73,7 @@ class Backend:
         for call in list(self._calls):
             call.cancel()
 
-    async def _worker_ready(self, wait_s: float) -> bool:
+    async def wait_until_serving(self, wait_s: float) -> bool:
         """Whether some worker serves (the channel is READY), waiting up to ``wait_s`` for one."""
         channel = self.client.channel
         loop = asyncio.get_running_loop()
@@ -95,6 +95,8 @@ class Backend:
         (frees the slot at once). A worker lost (UNAVAILABLE) before or during the utterance: the
         request is replayed on another serving worker from the first chunk not yet delivered; with
         none serving, a clear error (WORKER_LOST within a second once audio has gone out)."""
+        if self.shutdown_detail is not None:
+            raise ApiError(503, SHUTTING_DOWN, self.shutdown_detail, retry_after_s=1)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.request_timeout_s
         delivered = 0  # non-final chunks already yielded
@@ -118,7 +120,7 @@ class Backend:
                     exc.code() != grpc.StatusCode.UNAVAILABLE
                     or replay == MAX_REPLAYS
                     or self.shutdown_detail is not None
-                    or not await self._worker_ready(REPLAY_READY_WAIT_S if started else 0.0)
+                    or not await self.wait_until_serving(REPLAY_READY_WAIT_S if started else 0.0)
                 ):
                     raise from_rpc_error(exc, started) from None
                 self.on_replay()

@@ -29,6 +29,8 @@ RATE_LIMITED = "Rate limit exceeded"
 SHUTTING_DOWN = "Shutting down"
 WORKER_LOST = "Engine worker lost"
 
+LOADING_RETRY_S = 5  # Retry-After while no engine worker serves (loading, restarting)
+
 # The seed's "Error" column for each HTTP status.
 HTTP_TITLES = {
     400: "Bad Request",
@@ -103,7 +105,12 @@ def from_rpc_error(exc: grpc.aio.AioRpcError, started: bool = False) -> ApiError
     so an UNAVAILABLE means the worker went away mid-utterance (not that none was ready)."""
     code, details = exc.code(), exc.details() or ""
     if started and code == grpc.StatusCode.UNAVAILABLE:
-        return ApiError(503, WORKER_LOST, f"the engine worker went away mid-utterance and no other worker is serving: {details}", retry_after_s=1)
+        return ApiError(
+            503,
+            WORKER_LOST,
+            f"the engine worker went away mid-utterance and no other worker is serving: {details}",
+            retry_after_s=1,
+        )
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         field = details.split(":", 1)[0] if ":" in details else None
         if field == "text" and "non-empty" in details:
@@ -112,7 +119,7 @@ def from_rpc_error(exc: grpc.aio.AioRpcError, started: bool = False) -> ApiError
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         return ApiError(503, OVERLOADED, details, retry_after_s=1, outcome="overloaded")
     if code == grpc.StatusCode.UNAVAILABLE:
-        return ApiError(503, MODEL_NOT_LOADED, details or "no engine worker is serving")
+        return ApiError(503, MODEL_NOT_LOADED, details or "no engine worker is serving", retry_after_s=LOADING_RETRY_S)
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return ApiError(504, TIMED_OUT, "the synthesis took longer than the request timeout")
     return ApiError(500, SYNTHESIS_FAILED, details or code.name)

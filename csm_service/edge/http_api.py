@@ -14,7 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from csm_service import __version__
 from csm_service.audio.wav import wav_bytes
 from csm_service.edge.admission import admit
-from csm_service.edge.errors import INVALID_MESSAGE_FORMAT, ApiError
+from csm_service.edge.errors import INVALID_MESSAGE_FORMAT, LOADING_RETRY_S, ApiError
 from csm_service.edge.params import parse_speak
 from csm_service.edge.rate_limit import retry_after_header
 from csm_service.edge.speech import Spoken, speak
@@ -23,6 +23,7 @@ from csm_service.edge.voices_api import lookup_voice, synthesis_request
 from csm_service.rpc.formats import FINISH_REASON_NAMES
 
 log = logging.getLogger(__name__)
+RETRY_LATER = {"Retry-After": str(LOADING_RETRY_S)}  # every 503 says when to come back
 
 
 def error_response(err: ApiError) -> web.Response:
@@ -63,7 +64,7 @@ async def health(request: web.Request) -> web.Response:
             },
         )
     state.metrics.requests.labels("health", "ok" if info else "unavailable").inc()
-    return web.json_response(body, status=200 if info else 503)
+    return web.json_response(body, status=200 if info else 503, headers=None if info else RETRY_LATER)
 
 
 async def ping(request: web.Request) -> web.Response:
@@ -71,12 +72,12 @@ async def ping(request: web.Request) -> web.Response:
     state = request.app[STATE]
     backend = state.backend
     if state.draining:
-        return web.json_response({"status": "draining"}, status=503)
+        return web.json_response({"status": "draining"}, status=503, headers=RETRY_LATER)
     if await backend.info() is not None:
         return web.json_response({"status": "healthy"})
     if not backend.has_been_ready:
         return web.Response(status=204)
-    return web.json_response({"status": "unavailable"}, status=503)
+    return web.json_response({"status": "unavailable"}, status=503, headers=RETRY_LATER)
 
 
 async def read_json(request: web.Request) -> object:

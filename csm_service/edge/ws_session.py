@@ -248,7 +248,7 @@ class WsSession:
         raw_id = message.get("request_id")
         echo_id = raw_id if isinstance(raw_id, str) else None
         try:
-            admit_client(self.state, self.client)
+            admit_client(self.state, self.client, in_session=True)
             params = parse_speak(message, self.cfg.max_text_chars, self.cfg.max_audio_length_ms)
             if len(self.jobs) >= self.cfg.max_inflight_per_session:
                 raise ApiError(

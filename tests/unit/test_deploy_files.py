@@ -89,6 +89,29 @@ def test_headless_service_feeds_the_edge_round_robin():
     assert edge["readinessProbe"]["httpGet"]["path"] == "/health"
 
 
+def test_grpc_connection_policy_agrees():
+    """Edges ping no faster than engines permit; engines recycle connections (so edges re-resolve
+    the headless Service) and let calls in flight outlive the edge's request deadline."""
+    from csm_service.config import ServiceConfig, build_config
+
+    deployments = _by("Deployment")
+
+    def config(name: str) -> ServiceConfig:
+        container = deployments[name]["spec"]["template"]["spec"]["containers"][0]
+        env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+        return build_config({}, env)
+
+    engine, edge = config("csm-engine"), config("csm-edge")
+    assert "CSM_GRPC_MAX_CONNECTION_AGE_S" in {e["name"] for e in _env_of("csm-engine")}
+    assert edge.grpc_keepalive_time_s >= engine.grpc_min_ping_interval_s
+    assert 0 < engine.grpc_max_connection_age_s <= 300
+    assert engine.grpc_max_connection_age_grace_s > edge.request_timeout_s
+
+
+def _env_of(deployment: str) -> list[dict]:
+    return _by("Deployment")[deployment]["spec"]["template"]["spec"]["containers"][0]["env"]
+
+
 def test_autoscaler_and_budgets_point_at_real_things():
     from prometheus_client import CollectorRegistry, generate_latest
 
@@ -114,3 +137,17 @@ def test_runpod_start_maps_port_and_health_port():
     argv = module.serve_argv({"PORT": "8000", "PORT_HEALTH": "8001"})
     assert argv == ["csm-service", "serve", "--port", "8000", "--health-port", "8001"]
     assert module.serve_argv({}) == ["csm-service", "serve", "--port", "80", "--health-port", "80"]
+
+
+def test_edge_grace_outlasts_its_call_drain():
+    """A rolling update must not hang up calls: the pod's grace covers the preStop pause, the
+    call-drain deadline and the final replies, so Kubernetes never SIGKILLs a draining edge."""
+    from csm_service.config import ServiceConfig
+    from csm_service.edge.app import FINAL_REPLY_WAIT_S
+
+    spec = _by("Deployment")["csm-edge"]["spec"]["template"]["spec"]
+    env = {e["name"]: e["value"] for e in _env_of("csm-edge")}
+    call_drain_s = float(env.get("CSM_CALL_DRAIN_S", ServiceConfig().call_drain_s))
+    pre_stop = spec["containers"][0]["lifecycle"]["preStop"]["exec"]["command"]
+    assert pre_stop[0] == "sleep"
+    assert spec["terminationGracePeriodSeconds"] >= float(pre_stop[1]) + call_drain_s + FINAL_REPLY_WAIT_S

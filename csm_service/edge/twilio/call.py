@@ -26,7 +26,7 @@ from aiohttp import web
 
 from csm_service.audio.g711 import mulaw_to_pcm16
 from csm_service.edge.admission import admit_client
-from csm_service.edge.errors import TOO_MANY_IN_FLIGHT, ApiError
+from csm_service.edge.errors import MODEL_NOT_LOADED, TOO_MANY_IN_FLIGHT, ApiError
 from csm_service.edge.params import parse_speak
 from csm_service.edge.speech import Spoken, speak
 from csm_service.edge.state import EdgeState
@@ -34,6 +34,7 @@ from csm_service.edge.twilio import protocol
 from csm_service.edge.twilio.pacer import FramePacer
 from csm_service.edge.twilio.utterance import FAILED, PLAYED, SENT, SPEAKING, UNFINISHED, Utterance
 from csm_service.edge.voices_api import lookup_voice, synthesis_request
+from csm_service.edge.ws_gate import TRY_AGAIN_LATER
 from csm_service.rpc.gen.csm.v1 import tts_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -131,6 +132,16 @@ class TwilioCall:
 
     # -- generating ---------------------------------------------------------------------------------
     async def _speaker(self) -> None:
+        # A call that arrives while the model loads is held (its greeting queued) until a worker
+        # serves; past ready_wait_s the stream is closed, so Twilio goes on to the next TwiML verb.
+        if not await self.state.backend.wait_until_serving(self.state.cfg.ready_wait_s):
+            log.warning("call %s: no engine worker served within %.0f s", self.stream_sid, self.state.cfg.ready_wait_s)
+            self.state.metrics.requests.labels("twilio", "not_ready").inc()
+            for utterance in self.queue:
+                utterance.status, utterance.error = FAILED, MODEL_NOT_LOADED
+            self.queue.clear()
+            await self.ws.close(code=TRY_AGAIN_LATER, message=b"engine not ready")
+            return
         while True:
             while not self.queue:
                 self.wakeup.clear()
@@ -278,7 +289,7 @@ class TwilioCall:
         greeting = self.custom.get("greeting")
         if greeting:
             try:
-                admit_client(self.state, self.client)
+                admit_client(self.state, self.client, in_session=True)
                 await self.say(self.utterance({"text": greeting}), interrupt=False)
             except ApiError as err:
                 log.warning("call %s: the greeting was refused: %s", self.stream_sid, err)

@@ -111,7 +111,7 @@ def _call(request: web.Request) -> TwilioCall:
 
 async def say(request: web.Request) -> web.Response:
     call = _call(request)
-    admit(request)
+    admit(request, in_session=True)  # a live call may go on speaking while the edge drains
     body = await read_json(request)
     if not isinstance(body, dict):
         raise ApiError(400, INVALID_MESSAGE_FORMAT, f"expected a JSON object, got {type(body).__name__}")
