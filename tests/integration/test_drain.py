@@ -101,7 +101,17 @@ async def test_call_drain_deadline_ends_every_stream_with_one_final_message(tmp_
             idle = await http.ws_connect(f"ws://127.0.0.1:{port}/v1/native/ws/idle")
             body = {"text": "a long one over http", "max_audio_length_ms": 160_000}
             posted = asyncio.ensure_future(http.post(f"http://127.0.0.1:{port}/synthesize", json=body))
-            await async_wait_until(lambda: metric(port, "csm_engine_active_streams") == 2, 60, "both generating")
+            sse_body = {
+                "model": "csm-1b",
+                "input": "a long one",
+                "voice": "alloy",
+                "response_format": "pcm",
+                "stream_format": "sse",
+            }
+            sse_body["max_audio_length_ms"] = 160_000
+            sse = await http.post(f"http://127.0.0.1:{port}/v1/audio/speech", json=sse_body)
+            assert sse.status == 200 and (await sse.content.readline()).startswith(b"data: ")  # audio under way
+            await async_wait_until(lambda: metric(port, "csm_engine_active_streams") == 3, 60, "all generating")
             proc.signal(signal.SIGTERM)
 
             replies = await _replies_until(ws, "error")
@@ -116,6 +126,9 @@ async def test_call_drain_deadline_ends_every_stream_with_one_final_message(tmp_
             answer = await resp.json()
             assert resp.status == 503 and answer["detail"] == final["error"] + ": " + final["detail"], answer
             assert resp.headers["Retry-After"]
+            events = [line for line in (await sse.read()).decode().splitlines() if line.startswith("data: ")]
+            assert '"type": "error"' in events[-1] or '"type":"error"' in events[-1], events[-1][:200]
+            assert "Shutting down" in events[-1] and "call-drain deadline" in events[-1], events[-1][:300]
             await ws.close()
             await idle.close()
         assert await asyncio.to_thread(proc.wait, 60) == 0
