@@ -65,8 +65,9 @@ def channel_target(addresses: str | list[str] | tuple[str, ...]) -> str:
     return "ipv4:" + ",".join(resolved)
 
 
-KEEPALIVE_TIME_S = 10.0  # ServiceConfig.grpc_keepalive_time_s
-KEEPALIVE_TIMEOUT_S = 10.0  # ServiceConfig.grpc_keepalive_timeout_s
+# The defaults live in ServiceConfig (one definition); these names are the constructors' defaults.
+KEEPALIVE_TIME_S: float = ServiceConfig.grpc_keepalive_time_s
+KEEPALIVE_TIMEOUT_S: float = ServiceConfig.grpc_keepalive_timeout_s
 
 
 def keepalive_options(keepalive_time_s: float, keepalive_timeout_s: float) -> list[tuple[str, int]]:

@@ -254,10 +254,11 @@ def _engine_info(engine: Engine | None, model: str) -> pb.EngineInfo:
     return pb.EngineInfo(ready=engine.is_serving, version=__version__, **info)
 
 
-MIN_PING_INTERVAL_S = 5.0  # ServiceConfig.grpc_min_ping_interval_s
-MAX_PING_STRIKES = 0  # ServiceConfig.grpc_max_ping_strikes
-MAX_CONNECTION_AGE_S = 300.0  # ServiceConfig.grpc_max_connection_age_s
-MAX_CONNECTION_AGE_GRACE_S = 600.0  # ServiceConfig.grpc_max_connection_age_grace_s
+# The defaults live in ServiceConfig (one definition); these names are the constructors' defaults.
+MIN_PING_INTERVAL_S: float = ServiceConfig.grpc_min_ping_interval_s
+MAX_PING_STRIKES: int = ServiceConfig.grpc_max_ping_strikes
+MAX_CONNECTION_AGE_S: float = ServiceConfig.grpc_max_connection_age_s
+MAX_CONNECTION_AGE_GRACE_S: float = ServiceConfig.grpc_max_connection_age_grace_s
 
 
 def server_options(
@@ -313,27 +314,16 @@ class EngineServer:
         checker: KeyChecker | None = None,
         voices: VoiceStore | None = None,
         *,
-        keepalive_time_s: float = KEEPALIVE_TIME_S,
-        keepalive_timeout_s: float = KEEPALIVE_TIMEOUT_S,
-        min_ping_interval_s: float = MIN_PING_INTERVAL_S,
-        max_ping_strikes: int = MAX_PING_STRIKES,
-        max_connection_age_s: float = MAX_CONNECTION_AGE_S,
-        max_connection_age_grace_s: float = MAX_CONNECTION_AGE_GRACE_S,
         options: list[tuple[str, int]] | None = None,
+        **policy: float,
     ) -> None:
-        """``options`` replaces the gRPC arguments built from the other keywords (tests use it)."""
+        """``policy``: :func:`server_options`' keywords (:func:`server_policy` gives them from the
+        configuration). ``options`` replaces the gRPC arguments built from them (tests use it)."""
         self.servicer = TextToSpeechServicer(metrics, model, voices)
         self.health = HealthServicer()
         interceptors = [GrpcKeyInterceptor(checker)] if checker is not None and checker.enabled else []
         if options is None:
-            options = server_options(
-                keepalive_time_s,
-                keepalive_timeout_s,
-                min_ping_interval_s,
-                max_ping_strikes,
-                max_connection_age_s,
-                max_connection_age_grace_s,
-            )
+            options = server_options(**policy)  # type: ignore[arg-type]
         self.server = grpc.aio.server(options=options, interceptors=interceptors)
         tts_pb2_grpc.add_TextToSpeechServicer_to_server(self.servicer, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

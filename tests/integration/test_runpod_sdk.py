@@ -233,6 +233,13 @@ async def test_job_runner_bad_input_completes_with_field(worker_config, monkeypa
 # -- `python runpod/handler.py --test_input ...`: the line in the file's docstring ---------------------------------------
 
 
+def _run_handler(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    """``python ARGS`` from the repository root, as RunPod's local test would; it must exit 0."""
+    proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
 def test_test_input_line_runs_a_job(tmp_path):
     doc = (ROOT / "runpod" / "handler.py").read_text()
     (line,) = [ln for ln in doc.splitlines() if "--test_input" in ln and ln.startswith("CSM_MODEL=")]
@@ -242,15 +249,7 @@ def test_test_input_line_runs_a_job(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("RUNPOD_")}  # not on RunPod
     env.update(w.split("=", 1) for w in env_words)
     env["PYTHONPATH"] = str(ROOT)
-    proc = subprocess.run(
-        [sys.executable, *words[len(env_words) + 1 :]],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = _run_handler(words[len(env_words) + 1 :], env)
     assert "completed successfully" in proc.stdout
     # The SDK logs the result as a dict, cut in the middle when long (the head and the tail are whole).
     logged = proc.stdout.split("| Job result: ", 1)[1].split("| Local testing complete", 1)[0]
@@ -264,15 +263,7 @@ def test_test_input_prints_the_whole_result(tmp_path):
     job = {"input": {"text": "Hello", "max_audio_length_ms": 240, "output_format": "mulaw", "seed": 7}}
     env = {k: v for k, v in os.environ.items() if not k.startswith("RUNPOD_")}
     env.update(CSM_MODEL="tiny-random", CSM_MAX_BATCH="1", PYTHONPATH=str(ROOT))
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "runpod" / "handler.py"), "--test_input", json.dumps(job)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = _run_handler([str(ROOT / "runpod" / "handler.py"), "--test_input", json.dumps(job)], env)
     (result_line,) = [ln for ln in proc.stdout.splitlines() if "| Job result: " in ln]
     (result,) = ast.literal_eval(result_line.split("| Job result: ", 1)[1])["output"]
     assert result["format"] == "mulaw_8khz" and result["seed"] == 7 and result["duration_ms"] == 240

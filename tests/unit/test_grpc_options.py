@@ -26,7 +26,7 @@ def test_defaults_agree():
 def test_rpc_defaults_are_the_configs():
     """EngineClient and EngineServer built without a config (tests, tools) behave like the service."""
     client_kw = inspect.signature(client.EngineClient).parameters
-    server_kw = inspect.signature(server.EngineServer).parameters
+    server_kw = inspect.signature(server.server_options).parameters  # EngineServer passes **policy on
     cfg = dataclasses.asdict(DEFAULTS)
     for name, value in client.client_policy(DEFAULTS).items():
         assert client_kw[name].default == value == cfg["grpc_" + name], name
