@@ -52,7 +52,11 @@ RUN apt-get update \
 COPY --from=build /opt/venv /opt/venv
 COPY --from=build /src/runpod /opt/csm/runpod
 COPY --from=weights --chown=csm:csm /opt/hf /home/csm/.cache/huggingface
+# No compiler here, so no torch.compile: moshi's lazy compile of Mimi's small functions would need
+# gcc and Python headers at run time (Inductor/Triton). Its CUDA graphs still run; the codec turns
+# the compile off in code as well (docs/deploy.md, "The image").
 ENV PATH=/opt/venv/bin:$PATH \
+    NO_TORCH_COMPILE=1 \
     PYTHONUNBUFFERED=1 \
     HF_HOME=/home/csm/.cache/huggingface \
     CSM_DATA_DIR=/data \

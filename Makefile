@@ -55,12 +55,12 @@ loadtest: $(STAMP)
 fuzz: $(STAMP)
 	CSM_FUZZ_EXAMPLES=$(or $(FUZZ_EXAMPLES),1000) $(PY) -m pytest -q -rs -s tests/integration/test_fuzz.py
 
-# On a CUDA machine: the GPU tests, then both benchmarks at full size (JSON in bench-results/).
-gpu-report: $(STAMP)
-	mkdir -p bench-results
-	$(PY) -m pytest -q -rs -m gpu tests/gpu
-	$(PY) -m csm_service.cli bench frame --config csm-1b --dtypes bfloat16 --frames 64 --json bench-results/frame.json
-	$(PY) -m csm_service.cli bench engine --config csm-1b --concurrency 1,8,32,64,128 --json bench-results/engine.json
+# On a CUDA machine with CUDA torch and no network: carried wheels (./wheels), the GPU tests, both
+# benchmarks at full size, JSON in bench-results/gpu-report/ and the docs section (docs/benchmarks.md,
+# "First GPU run"). No $(STAMP): that would install the CPU torch. GPU_REPORT_ARGS=--dry-run checks it here.
+GPU_PYTHON ?= python3
+gpu-report:
+	PYTHON=$(GPU_PYTHON) scripts/gpu_report.sh $(GPU_REPORT_ARGS)
 
 run: $(STAMP)
 	$(VENV)/bin/csm-service serve --model tiny-random

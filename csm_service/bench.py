@@ -159,15 +159,17 @@ def main(argv: list[str] | None = None) -> int:
     frame.add_argument("--no-peer", action="store_true", help="skip transformers")
     frame.add_argument("--no-cuda-graphs", action="store_true", help="ours eager on CUDA")
     frame.add_argument("--json", help="also write the JSON here")
-    from csm_service import bench_engine, bench_prefix, bench_twilio
+    from csm_service import bench_engine, bench_prefill, bench_prefix, bench_twilio
 
     bench_engine.add_parser(sub)
     bench_prefix.add_parser(sub)
+    bench_prefill.add_parser(sub)
     bench_twilio.add_parser(sub)
     args = parser.parse_args(argv)
     run, table = {
         "engine": (bench_engine.bench_engine, bench_engine.print_engine_table),
         "prefix": (bench_prefix.bench_prefix, bench_prefix.print_prefix_table),
+        "prefill": (bench_prefill.bench_prefill, bench_prefill.print_prefill_table),
         "twilio": (bench_twilio.bench_twilio, bench_twilio.print_twilio_table),
         "frame": (bench_frame, print_frame_table),
     }[args.which]

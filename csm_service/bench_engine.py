@@ -30,7 +30,7 @@ SHORT_SENTENCE = "Hello, how can I help you today?"
 def build_random_engine(config: str, cfg: EngineConfig) -> Engine:
     """An engine on random weights of a named model shape (no checkpoint needed)."""
     from csm_service.codec.mimi import MimiCodec
-    from csm_service.engine.runner import ModelRunner, pick_device, pick_dtype
+    from csm_service.engine.runner import WARM_UP_SLOTS, ModelRunner, pick_device, pick_dtype
     from csm_service.model.csm import CSM
     from csm_service.model.tokenizer import ByteTokenizer
 
@@ -42,7 +42,7 @@ def build_random_engine(config: str, cfg: EngineConfig) -> Engine:
         for p in model.parameters():
             torch.nn.init.normal_(p, std=0.02)
     codec = MimiCodec(None, device, seed=cfg.seed, tiny=config == "tiny")
-    runner = ModelRunner(model, cfg.max_batch, device, dtype, use_cuda_graphs=cfg.use_cuda_graphs)
+    runner = ModelRunner(model, WARM_UP_SLOTS, device, dtype, use_cuda_graphs=cfg.use_cuda_graphs)
     engine = Engine(runner, codec, ByteTokenizer(), cfg)
     engine.start()
     return engine

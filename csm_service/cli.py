@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from csm_service.config import ServiceConfig, build_config
+from csm_service.tenants import KeyFileError
 
 
 def _engine_flags(p: argparse.ArgumentParser) -> None:
@@ -25,6 +26,21 @@ def _engine_flags(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--seed", type=int, help="seed of the tiny-random weights")
     g.add_argument("--prefix-cache-mb", type=int, help="voice-prompt KV cache, 0 = off (CSM_PREFIX_CACHE_MB, 1024)")
+    g.add_argument(
+        "--prefill-chunk-positions",
+        type=int,
+        help="prompt positions prefilled between two frame steps, 0 = whole prompt (CSM_PREFILL_CHUNK_POSITIONS, 256)",
+    )
+    g.add_argument(
+        "--memory-utilization",
+        type=float,
+        help="share of device memory (CPU: RAM) the engine may fill; sizes the batch slots (CSM_MEMORY_UTILIZATION, 0.9)",
+    )
+    g.add_argument(
+        "--memory-budget-mb",
+        type=int,
+        help="memory for the model instead, weights included (CSM_MEMORY_BUDGET_MB, 0 = off)",
+    )
 
 
 def _config(args: argparse.Namespace, names: tuple[str, ...]) -> ServiceConfig:
@@ -43,6 +59,9 @@ ENGINE_OPTS = (
     "use_cuda_graphs",
     "seed",
     "prefix_cache_mb",
+    "prefill_chunk_positions",
+    "memory_utilization",
+    "memory_budget_mb",
 )
 
 
@@ -65,6 +84,7 @@ GRPC_SERVER_OPTS = (
     "grpc_max_ping_strikes",
     "grpc_max_connection_age_s",
     "grpc_max_connection_age_grace_s",
+    "grpc_max_inflight_per_key",
 )
 
 
@@ -100,6 +120,12 @@ def _grpc_flags(p: argparse.ArgumentParser, server: bool) -> None:
         type=float,
         help="then calls in flight get this long to finish (CSM_GRPC_MAX_CONNECTION_AGE_GRACE_S, 600)",
     )
+    g.add_argument(
+        "--grpc-max-inflight-per-key",
+        type=int,
+        help="calls in flight per tenant (keys off: per peer); admin keys exempt; -1 = max_batch + max_queue/2, "
+        "0 = no cap (CSM_GRPC_MAX_INFLIGHT_PER_KEY, -1)",
+    )
 
 
 def cmd_engine(args: argparse.Namespace) -> int:
@@ -109,7 +135,17 @@ def cmd_engine(args: argparse.Namespace) -> int:
 
     cfg = _config(
         args,
-        (*ENGINE_OPTS, *GRPC_SERVER_OPTS, "grpc_host", "grpc_port", "metrics_port", "drain_timeout_s", "data_dir"),
+        (
+            *ENGINE_OPTS,
+            *GRPC_SERVER_OPTS,
+            "grpc_host",
+            "grpc_port",
+            "metrics_port",
+            "drain_timeout_s",
+            "data_dir",
+            "rate_limit_per_s",
+            "rate_limit_burst",
+        ),
     )
     return asyncio.run(run_engine_worker(cfg))
 
@@ -120,9 +156,17 @@ EDGE_OPTS = (
     "health_port",
     "max_text_chars",
     "max_body_bytes",
+    "max_json_depth",
     "max_ws_message_bytes",
     "max_sessions",
+    "max_unauthenticated_sessions",
+    "max_connections",
+    "health_reserve_connections",
+    "http_header_timeout_s",
+    "http_body_timeout_s",
     "max_inflight_per_session",
+    "max_inflight_per_key",
+    "max_voices_per_tenant",
     "request_timeout_s",
     "max_audio_length_ms",
     "rate_limit_per_s",
@@ -131,12 +175,18 @@ EDGE_OPTS = (
     "ws_auth_timeout_s",
     "data_dir",
     "max_upload_bytes",
+    "max_form_parts",
     "max_voice_seconds",
+    "max_audio_channels",
+    "max_audio_rate_hz",
     "session_context_positions",
     "max_piece_chars",
     "twilio_lead_ms",
+    "twilio_prestart_bytes",
     "call_drain_s",
     "ready_wait_s",
+    "public_health_detail",
+    "public_metrics",
 )
 
 
@@ -148,9 +198,45 @@ def _edge_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-text-chars", type=int, help="per request (CSM_MAX_TEXT_CHARS, default 4000)")
     g.add_argument("--max-body-bytes", type=int, help="HTTP body (CSM_MAX_BODY_BYTES, default 1 MiB)")
     g.add_argument("--max-ws-message-bytes", type=int, help="WebSocket message (CSM_MAX_WS_MESSAGE_BYTES, 64 KiB)")
+    g.add_argument(
+        "--max-json-depth", type=int, help="nesting of arrays/objects in client JSON (CSM_MAX_JSON_DEPTH, 32)"
+    )
     g.add_argument("--max-sessions", type=int, help="open WebSocket sessions (CSM_MAX_SESSIONS, default 1000)")
     g.add_argument(
+        "--max-unauthenticated-sessions",
+        type=int,
+        help="WebSockets still waiting to authenticate, outside --max-sessions (CSM_MAX_UNAUTHENTICATED_SESSIONS, 64)",
+    )
+    g.add_argument(
+        "--max-connections", type=int, help="open TCP connections, 0 = no cap (CSM_MAX_CONNECTIONS, default 4096)"
+    )
+    g.add_argument(
+        "--health-reserve-connections",
+        type=int,
+        help="connections past --max-connections for /health and /ping only (CSM_HEALTH_RESERVE_CONNECTIONS, 16)",
+    )
+    g.add_argument(
+        "--http-header-timeout-s",
+        type=float,
+        help="a request's line and headers must arrive within this, 0 = never (CSM_HTTP_HEADER_TIMEOUT_S, 10)",
+    )
+    g.add_argument(
+        "--http-body-timeout-s",
+        type=float,
+        help="a request's body must arrive within this of its headers (408), 0 = never (CSM_HTTP_BODY_TIMEOUT_S, 60)",
+    )
+    g.add_argument(
         "--max-inflight-per-session", type=int, help="requests per session (CSM_MAX_INFLIGHT_PER_SESSION, default 8)"
+    )
+    g.add_argument(
+        "--max-inflight-per-key",
+        type=int,
+        help="utterances in flight per tenant (keys off: per client address), 0 = no cap (CSM_MAX_INFLIGHT_PER_KEY, 16)",
+    )
+    g.add_argument(
+        "--max-voices-per-tenant",
+        type=int,
+        help="stored voice profiles per tenant, 0 = no limit (CSM_MAX_VOICES_PER_TENANT, 100)",
     )
     g.add_argument("--request-timeout-s", type=float, help="one synthesis (CSM_REQUEST_TIMEOUT_S, default 300)")
     g.add_argument(
@@ -168,7 +254,10 @@ def _edge_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-piece-chars", type=int, help="long text is split into pieces of this (CSM_MAX_PIECE_CHARS)")
     g.add_argument("--data-dir", help="voice profiles (SQLite) live here (CSM_DATA_DIR, default ./data)")
     g.add_argument("--max-upload-bytes", type=int, help="a voice upload (CSM_MAX_UPLOAD_BYTES, default 20 MiB)")
+    g.add_argument("--max-form-parts", type=int, help="parts of a voice upload (CSM_MAX_FORM_PARTS, 16)")
     g.add_argument("--max-voice-seconds", type=float, help="a voice prompt's audio (CSM_MAX_VOICE_SECONDS, 30)")
+    g.add_argument("--max-audio-channels", type=int, help="channels of an audio file (CSM_MAX_AUDIO_CHANNELS, 2)")
+    g.add_argument("--max-audio-rate-hz", type=int, help="sample rate of an audio file (CSM_MAX_AUDIO_RATE_HZ, 192000)")
     g.add_argument(
         "--ws-auth-timeout-s", type=float, help="keys on: time for the first auth message (CSM_WS_AUTH_TIMEOUT_S)"
     )
@@ -179,6 +268,11 @@ def _edge_flags(p: argparse.ArgumentParser) -> None:
         "--twilio-lead-ms", type=int, help="Twilio streams: audio sent ahead of the playhead (CSM_TWILIO_LEAD_MS, 60)"
     )
     g.add_argument(
+        "--twilio-prestart-bytes",
+        type=int,
+        help="Twilio streams: bytes accepted before the start event (CSM_TWILIO_PRESTART_BYTES, 65536)",
+    )
+    g.add_argument(
         "--call-drain-s",
         type=float,
         help="SIGTERM: live sessions and calls may go on this long before they are closed (CSM_CALL_DRAIN_S, 300)",
@@ -187,6 +281,18 @@ def _edge_flags(p: argparse.ArgumentParser) -> None:
         "--ready-wait-s",
         type=float,
         help="a Twilio call arriving while the model loads is held this long (CSM_READY_WAIT_S, 120)",
+    )
+    g.add_argument(
+        "--public-health-detail",
+        action="store_true",
+        default=None,
+        help="keys on: /health shows model, memory, sessions, queue to callers without a key (CSM_PUBLIC_HEALTH_DETAIL)",
+    )
+    g.add_argument(
+        "--public-metrics",
+        action="store_true",
+        default=None,
+        help="keys on: /metrics needs no key (CSM_PUBLIC_METRICS; default: the bearer key)",
     )
 
 
@@ -285,6 +391,10 @@ def build_parser() -> argparse.ArgumentParser:
     engine.add_argument("--metrics-port", type=int, help="Prometheus port, 0 = off (CSM_METRICS_PORT)")
     engine.add_argument("--drain-timeout-s", type=float, help="SIGTERM drain deadline (CSM_DRAIN_TIMEOUT_S)")
     engine.add_argument("--data-dir", help="voice profiles for voice_profile_id (CSM_DATA_DIR, default ./data)")
+    engine.add_argument("--rate-limit-per-s", type=float, help="gRPC calls/s per tenant or peer (CSM_RATE_LIMIT_PER_S)")
+    engine.add_argument(
+        "--rate-limit-burst", type=int, help="gRPC calls at once before the rate (CSM_RATE_LIMIT_BURST)"
+    )
     _engine_flags(engine)
     _grpc_flags(engine, server=True)
     engine.set_defaults(func=cmd_engine)
@@ -312,7 +422,11 @@ def main(argv: list[str] | None = None) -> int:
     elif unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except KeyFileError as exc:  # a bad API key file: say which line, not a traceback (and never the key)
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

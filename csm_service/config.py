@@ -10,6 +10,8 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 
+from csm_service.tenants import ApiKey, KeyFileError, merge_keys, parse_key_file, plain_key
+
 DEFAULT_MODEL = "sesame/csm-1b"
 TINY_RANDOM = "tiny-random"
 
@@ -92,6 +94,13 @@ class EngineConfig:
     mimi_weights: str | None = None  # local Mimi weights; default: moshi's file via the hub cache
     seed: int = 0  # seed of the tiny-random weights
     prefix_cache_mb: int = 1024  # device memory for voice-prompt KV prefixes (0: no cache)
+    # Prefill runs between frame steps, at most this many prompt positions per step (0: each prompt
+    # in one piece, which stalls live streams for the whole prefill).
+    prefill_chunk_positions: int = 256
+    # Batch slots are sized at start-up from memory, max_batch at most (engine/memory.py): the KV
+    # caches may take what is free less (1 - memory_utilization) x total (CUDA: the GPU; CPU: RAM)...
+    memory_utilization: float = 0.9
+    memory_budget_mb: int = 0  # ...or, when set, this budget for the model's memory (weights included)
 
 
 @dataclass(frozen=True)
@@ -117,7 +126,10 @@ class ServiceConfig:
     engine_addresses: tuple[str, ...] = ()
     data_dir: str = "./data"
     api_keys: tuple[str, ...] = ()  # CSM_API_KEYS=k1,k2; empty (and no file) = open
-    api_keys_file: str = ""  # one key per line ('#' comments), added to api_keys
+    api_keys_file: str = ""  # one key per line; optional tenant=, scope=admin, max_inflight= (tenants.py)
+    # With keys on, what the open routes tell a caller without a key (docs/security.md):
+    public_health_detail: bool = False  # False: /health says only status, model_loaded, device
+    public_metrics: bool = False  # False: /metrics needs the bearer key (Prometheus: authorization)
     log_level: str = "INFO"
     drain_timeout_s: float = 30.0  # SIGTERM: how long running utterances may take to finish
     # SIGTERM on an edge: live WebSocket sessions and Twilio calls go on (new utterances included)
@@ -127,20 +139,46 @@ class ServiceConfig:
     # Edge bounds: every one answers with a clear error, never by dropping the session.
     max_text_chars: int = 4000  # per synthesize request
     max_body_bytes: int = 1 << 20  # HTTP request body
+    max_json_depth: int = 32  # nesting of arrays/objects in client JSON (ours: 3); deeper is a 400 / an error reply
     max_ws_message_bytes: int = 64 << 10  # one WebSocket message (larger: an error reply)
     max_sessions: int = 1000  # open WebSocket sessions per edge process
+    # WebSockets not yet authenticated (keys on and none at the upgrade, or a Twilio stream before its
+    # start) have their own budget, outside max_sessions; past it the longest-waiting one is closed (1013).
+    max_unauthenticated_sessions: int = 64
+    # Connections (docs/security.md, "Connections"): a request's line and headers must arrive within
+    # http_header_timeout_s of the connection (or of its first byte on a kept-alive one), its body within
+    # http_body_timeout_s of the headers (408). Past max_connections open, a new connection closes the
+    # longest-idle one; if none is idle, it may only ask for /health or /ping (health_reserve_connections
+    # of them), else it is answered 503 and closed.
+    http_header_timeout_s: float = 10.0  # 0 = no deadline
+    http_body_timeout_s: float = 60.0  # 0 = no deadline
+    max_connections: int = 4096  # open TCP connections per edge process (all its ports); 0 = no cap
+    health_reserve_connections: int = 16  # more connections past max_connections, for /health and /ping only
     max_inflight_per_session: int = 8  # synthesize requests queued or running on one session
     request_timeout_s: float = 300.0  # gRPC deadline of one synthesis
     max_audio_length_ms: int = 163_840  # the largest max_audio_length_ms a request may ask for
     rate_limit_per_s: float = 0.0  # synthesis requests per second per API key (or peer); 0 = no limit
     rate_limit_burst: int = 20  # requests a client may make at once before the rate applies
+    # Fairness between clients (per tenant with keys on, per peer address with keys off): utterances
+    # in flight at once, on HTTP, WebSocket, Twilio and OpenAI routes together; more is 429. 0 = no cap.
+    max_inflight_per_key: int = 16  # 2x the engine's default 8 slots; a key file's max_inflight= overrides it
+    max_voices_per_tenant: int = 100  # stored voice profiles per tenant; more is 409. 0 = no limit
+    # gRPC port, per tenant (keys on) or peer address (keys off); admin keys and serve's own edge are
+    # exempt. -1 = the engine's max_batch + max_queue // 2 (half the queue stays for others); 0 = no cap.
+    grpc_max_inflight_per_key: int = -1
     session_context_positions: int = 1024  # "context": "session": earlier turns kept within this
     max_piece_chars: int = 400  # longer text is generated in sentence-aligned pieces of at most this
     max_upload_bytes: int = 20 << 20  # a voice upload (multipart)
+    max_form_parts: int = 16  # parts of a voice upload (it has 5 fields); more is 413, reading stops at once
     max_voice_seconds: float = 30.0  # a voice prompt's audio: leaves room in the 2048 positions
+    # Audio files (voices, WebSocket context, say --voice) are refused by their header past these,
+    # before decoding; a decode holds at most max_voice_seconds x max_audio_rate_hz mono samples.
+    max_audio_channels: int = 2  # channels of an audio file (mixed to mono)
+    max_audio_rate_hz: int = 192_000  # sample rate of an audio file (above 48 kHz: resampled to 48 kHz)
     ws_auth_timeout_s: float = 10.0  # keys on, none at the upgrade: the "auth" message must come by then
     ws_idle_timeout_s: float = 300.0  # close a session with no message and no work for this long; 0 = never
     twilio_lead_ms: int = 60  # Twilio media streams: how far ahead of the playhead frames are sent
+    twilio_prestart_bytes: int = 65536  # Twilio: bytes a stream may send before its start (more: closed, 1008)
     runpod_concurrency: int = 0  # jobs a RunPod queue worker takes at once; 0 = the engine's max_batch
 
 
@@ -194,10 +232,21 @@ def build_config(cli: dict[str, object], environ: dict[str, str] | None = None) 
     return dataclasses.replace(service, engine=engine, **service_given)
 
 
-def api_keys(cfg: ServiceConfig) -> tuple[str, ...]:
-    """The keys clients may present: ``api_keys`` plus the lines of ``api_keys_file``."""
-    keys = list(cfg.api_keys)
+def api_key_entries(cfg: ServiceConfig) -> tuple[ApiKey, ...]:
+    """The keys clients may present, with their tenants: ``api_keys`` (each its own tenant) plus
+    the lines of ``api_keys_file`` (format: :mod:`csm_service.tenants`). KeyFileError (a
+    ValueError naming the file and line) for a line that cannot be used."""
+    keys = [plain_key(k) for k in cfg.api_keys if k]
     if cfg.api_keys_file:
-        with open(cfg.api_keys_file, encoding="utf-8") as f:
-            keys += [line.strip() for line in f if line.strip() and not line.lstrip().startswith("#")]
-    return tuple(dict.fromkeys(k for k in keys if k))
+        try:
+            with open(cfg.api_keys_file, encoding="utf-8") as f:
+                text = f.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise KeyFileError(f"{cfg.api_keys_file}: cannot read the API key file: {exc}") from None
+        keys += parse_key_file(text, cfg.api_keys_file)
+    return merge_keys(keys)
+
+
+def api_keys(cfg: ServiceConfig) -> tuple[str, ...]:
+    """The keys alone (:func:`api_key_entries` without their tenants)."""
+    return tuple(entry.key for entry in api_key_entries(cfg))

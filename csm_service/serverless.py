@@ -231,7 +231,7 @@ async def handler_one_result(job: dict) -> list[dict] | dict:
 def job_concurrency(engine: Engine, cfg: ServiceConfig | None = None) -> int:
     """Jobs one worker takes at once: ``runpod_concurrency`` if set, else the engine's batch slots."""
     override = (cfg or build_config({})).runpod_concurrency
-    return override if override > 0 else engine.cfg.max_batch
+    return override if override > 0 else engine.num_slots  # sized at start-up, max_batch at most
 
 
 def worker_config(engine: Engine, one_result: bool = False, cfg: ServiceConfig | None = None) -> dict[str, object]:

@@ -3,13 +3,31 @@
 The streaming decoder holds one moshi streaming state for all engine slots ([max_batch] rows):
 a slot's row is reset when a request is admitted to it, and an execution mask keeps the rows of
 idle slots unchanged, so every live stream is decoded in one batched call per frame.
+
+Threads: the engine thread decodes, caller threads encode voice prompts. moshi keeps process-wide
+state that both would otherwise share:
+
+- ``torch_compile_lazy`` (rope and other small functions) compiles through Inductor/Triton on CUDA,
+  which needs a C compiler and Python headers at run time (the image has neither), recompiles
+  when the prompt length changes, and would compile from two threads at once. The codec turns it off
+  for the process (:func:`disable_moshi_compile`, what ``NO_TORCH_COMPILE=1`` does at import);
+  moshi's CUDA graphs still remove the launch overhead of the per-frame decode.
+- ``CUDAGraphed`` sets a process-global "in a CUDA graph" flag and captures lazily (on the first
+  decode calls after ``start_streaming``). Only the streaming decoder uses it: prompts are encoded
+  by a separate instance that never streams, so the flag is the engine thread's alone.
+- A CUDA graph capture forbids GPU work from any other thread while it runs. ``encode`` and every
+  decode call until moshi's graphs are captured hold one lock, so they never overlap; after that
+  the frame decode runs without it: a long prompt being encoded never stalls a live stream's frame
+  (one lock around every decode would). Other captures (the engine's) can hold it via ``exclusive()``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +41,23 @@ MIMI_REPO = "kyutai/moshiko-pytorch-bf16"
 MIMI_FILE = "tokenizer-e351c8d8-checkpoint125.safetensors"
 NUM_CODEBOOKS = 32
 MAX_CODE = 2047  # Mimi's codebooks have 2048 entries; CSM's ids 2048..2050 are reserved
+# moshi's CUDAGraphed (warmup_steps=1) runs eagerly on its first call and captures on its second:
+# after this many decode calls following start_streaming, every graph of the decoder is captured.
+MOSHI_CAPTURE_CALLS = 2
+
+
+def disable_moshi_compile() -> None:
+    """Turn off moshi's lazy ``torch.compile`` for the whole process (idempotent).
+
+    ``NO_TORCH_COMPILE=1`` does the same, but only if set before moshi is imported (the image sets
+    it); this works whatever the environment and import order. moshi checks the flag on every call.
+    """
+    from moshi.utils import compile as moshi_compile
+
+    if not hasattr(moshi_compile, "_compile_disabled"):
+        log.warning("moshi changed how it disables torch.compile; set NO_TORCH_COMPILE=1 instead")
+        return
+    moshi_compile._compile_disabled = True
 
 
 def resolve_mimi_weights(explicit: str | None, model_dir: Path | None = None) -> Path:
@@ -85,6 +120,7 @@ class MimiCodec:
     def __init__(self, weights: Path | None, device: torch.device, seed: int = 0, tiny: bool = False) -> None:
         from moshi.models import loaders
 
+        disable_moshi_compile()
         if weights is None:
             log.warning("Mimi: random weights (%s); decoded audio is noise", "tiny" if tiny else "full size")
             torch.manual_seed(seed)
@@ -100,13 +136,20 @@ class MimiCodec:
             _randomize_codebooks(self.mimi)
         self.mimi.eval()
         # Streaming mode holds state in every Mimi module, encoder included; prompts are encoded by
-        # a copy of the model that never streams, under its own lock, from any thread.
+        # a copy of the model that never streams (so never touches moshi's CUDA-graph state).
         self._encoder_model = copy.deepcopy(self.mimi)
-        self._encode_lock = threading.Lock()
+        self._gpu_lock = threading.RLock()  # no capture overlaps other GPU work (module docstring)
         self.device = device
         self.sample_rate = int(self.mimi.sample_rate)
         self.frame_size = SAMPLES_PER_FRAME
         self._stream_rows = 0
+        self._decode_calls = 0  # decode calls since start_streaming (moshi captures on the first ones)
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold off prompt encoding, e.g. around a CUDA graph capture on another part of the model."""
+        with self._gpu_lock:
+            yield
 
     # -- prompts --------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -115,10 +158,11 @@ class MimiCodec:
         if pcm.ndim != 1 or pcm.size == 0:
             raise ValueError("audio to encode must be a non-empty mono array")
         pad = (-pcm.size) % self.frame_size
-        wav = torch.from_numpy(np.pad(pcm.astype(np.float32), (0, pad))).to(self.device)
-        with self._encode_lock:
-            codes = self._encoder_model.encode(wav.view(1, 1, -1))  # [1, 32, F]
-        return codes[0].cpu().numpy().astype(np.int64)
+        wav = torch.from_numpy(np.pad(pcm.astype(np.float32), (0, pad)))  # [T] on the host
+        with self._gpu_lock:  # every device operation of the encode, copies included
+            assert not self._encoder_model.is_streaming, "the prompt encoder must never stream"
+            codes = self._encoder_model.encode(wav.to(self.device).view(1, 1, -1))  # [1, 32, F]
+            return codes[0].cpu().numpy().astype(np.int64)
 
     @torch.inference_mode()
     def decode_all(self, codes: torch.Tensor) -> torch.Tensor:
@@ -131,10 +175,12 @@ class MimiCodec:
     # -- streaming ------------------------------------------------------------------------------
     def start_streaming(self, num_rows: int) -> None:
         """Enter streaming mode for ``num_rows`` parallel streams (the engine's slots)."""
-        if self._stream_rows:
-            self.mimi._stop_streaming()  # moshi has no public "leave streaming_forever"
-        self.mimi.streaming_forever(num_rows)
-        self._stream_rows = num_rows
+        with self._gpu_lock:
+            if self._stream_rows:
+                self.mimi._stop_streaming()  # moshi has no public "leave streaming_forever"
+            self.mimi.streaming_forever(num_rows)  # fresh state: moshi captures its graphs again
+            self._stream_rows = num_rows
+            self._decode_calls = 0
 
     def reset_rows(self, rows: torch.Tensor) -> None:
         """rows [num_rows] bool: forget the streaming history of these rows (new utterances)."""
@@ -144,8 +190,16 @@ class MimiCodec:
     def decode_step(self, codes: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
         """codes [num_rows, 32], active [num_rows] bool -> pcm [num_rows, 1920] for one frame.
 
-        Rows not active keep their state untouched (their output is meaningless).
+        Rows not active keep their state untouched (their output is meaningless). The first calls
+        after ``start_streaming`` (moshi captures its graphs in them) wait for an encode in flight.
         """
+        if self._decode_calls >= MOSHI_CAPTURE_CALLS:
+            return self._decode_frame(codes, active)
+        with self._gpu_lock:
+            self._decode_calls += 1
+            return self._decode_frame(codes, active)
+
+    def _decode_frame(self, codes: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
         self.mimi.set_exec_mask(active.to(self.device))
         frame = codes.clamp(0, MAX_CODE).to(self.device).unsqueeze(-1)  # [N, 32, 1]
         return self.mimi.decode(frame)[:, 0].float()  # [N, 1920]

@@ -2,19 +2,19 @@
 
 One thread owns the model. Callers ``submit`` from any thread and receive events through a sink
 callable (run on the engine thread: it must be quick and thread-safe, e.g. a queue put).
-Start-up order: build -> load -> warm up -> SERVING (``start``); ``drain`` stops admission.
+Start-up order: build -> load -> warm up -> size the slots from free memory -> capture -> SERVING
+(``start``); ``drain`` stops admission. Each loop iteration: end cancelled requests, admit waiting
+ones into free slots, advance prefills by at most ``prefill_chunk_positions`` prompt rows
+(engine/prefill.py), then one frame step for every live slot.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import numpy as np
 import soxr
@@ -22,6 +22,8 @@ import torch
 
 from csm_service.config import FRAME_MS, NUM_MIMI_CODES, SAMPLE_RATE, EngineConfig
 from csm_service.engine.device_info import device_info
+from csm_service.engine.memory import MemoryProbe
+from csm_service.engine.prefill import PrefillTask, plan_round, prefill_chunks
 from csm_service.engine.prefix_cache import PrefixCache, prefix_key
 from csm_service.engine.prompt import Prompt, assemble_prompt, check_room
 from csm_service.engine.request import (
@@ -34,69 +36,15 @@ from csm_service.engine.request import (
 )
 from csm_service.engine.runner import ModelRunner
 from csm_service.engine.scheduler import Scheduler
+from csm_service.engine.startup import size_slots, warm_up
+from csm_service.engine.state import EngineStats, Event, RequestHandle, Sink, SlotState
+from csm_service.engine.state import failure_text as _failure
 from csm_service.model.tokenizer import TextTokenizer
 from csm_service.text.normalize import normalize
 
 log = logging.getLogger(__name__)
 
-Event = AudioChunk | Finished
-Sink = Callable[[Event], None]
-_ids = itertools.count(1)
-
-
-def _failure(stage: str, exc: BaseException) -> str:
-    """The client's error text: where it failed and what, one short line (the traceback is logged)."""
-    if isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)):
-        return f"synthesis failed: {stage}: out of memory"
-    lines = str(exc).strip().splitlines()
-    detail = f": {lines[0][:200]}" if lines else ""
-    return f"synthesis failed: {stage}: {type(exc).__name__}{detail}"
-
-
-class RequestHandle:
-    """A submitted request: its prompt, its sink, and a thread-safe ``cancel``."""
-
-    def __init__(self, request: SynthesisRequest, sink: Sink, prompt: Prompt, seed: int) -> None:
-        self.id = next(_ids)
-        self.request = request
-        self.sink = sink
-        self.prompt = prompt
-        self.seed = seed
-        self.submitted_at = time.perf_counter()
-        self.cancelled = threading.Event()
-        self.frames_at_cancel = 0  # frames it had when cancel() was called (running requests)
-        self._engine: Engine | None = None
-
-    def cancel(self) -> None:
-        if not self.cancelled.is_set():
-            self.cancelled.set()
-            if self._engine is not None:
-                self._engine._on_cancel(self)
-
-
-@dataclass
-class _Slot:
-    handle: RequestHandle
-    max_frames: int
-    position: int  # host copy of the slot's next backbone position
-    frames: list[np.ndarray] = field(default_factory=list)  # codes [32] per generated frame
-    pcm: list[np.ndarray] = field(default_factory=list)  # decoded frames not yet sent
-    chunk_index: int = 0
-    frames_sent: int = 0
-    timings: Timings = field(default_factory=Timings)
-
-
-@dataclass
-class EngineStats:
-    frames_generated: int = 0
-    steps: int = 0
-    finished: dict[str, int] = field(default_factory=dict)
-    cancelled_running: int = 0  # running requests freed by a cancel
-    frames_after_cancel: int = 0  # frames those generated after their cancel arrived (<= 1 each)
-    prefix_hits: int = 0  # requests whose prefix KV came from the prefix cache
-    prefix_misses: int = 0  # requests with a prefix that had to prefill it
-    failed_prefills: int = 0  # admissions that raised (that request ended with "error")
-    failed_steps: int = 0  # frame steps that raised (every live request ended with "error")
+__all__ = ["Engine", "EngineStats", "Event", "RequestHandle", "Sink"]
 
 
 class Engine:
@@ -107,17 +55,23 @@ class Engine:
         self.cfg = cfg
         self.model_cfg = runner.cfg
         self.max_audio_ms = self.model_cfg.max_seq_len * FRAME_MS
-        self.scheduler: Scheduler[RequestHandle] = Scheduler(cfg.max_batch, cfg.max_queue)
-        self.slots: dict[int, _Slot] = {}
+        self.slots: dict[int, SlotState] = {}  # live slots
+        self.prefills: dict[int, PrefillTask] = {}  # slots whose prefill is in progress, oldest first
         self.stats = EngineStats()
         self.state = "starting"  # starting | serving | draining | stopped
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
-        codec.start_streaming(cfg.max_batch)  # type: ignore[attr-defined]
-        device = runner.device
-        self._decode_codes = torch.zeros(cfg.max_batch, self.model_cfg.num_codebooks, dtype=torch.int64, device=device)
-        self._decode_mask = torch.zeros(cfg.max_batch, dtype=torch.bool, device=device)
+        self._use_slots(runner.num_slots)  # the warm-up's; start() sizes them
         self.prefix_cache = PrefixCache(cfg.prefix_cache_mb << 20)
+
+    def _use_slots(self, num_slots: int) -> None:
+        """Scheduler, Mimi's streaming rows and the decode buffers for ``num_slots`` batch slots."""
+        self.num_slots = num_slots
+        self.scheduler: Scheduler[RequestHandle] = Scheduler(num_slots, self.cfg.max_queue)
+        self.codec.start_streaming(num_slots)  # type: ignore[attr-defined]
+        device, num_codebooks = self.runner.device, self.model_cfg.num_codebooks
+        self._decode_codes = torch.zeros(num_slots, num_codebooks, dtype=torch.int64, device=device)  # [N, K]
+        self._decode_mask = torch.zeros(num_slots, dtype=torch.bool, device=device)  # [N]
 
     # -- public API (any thread) ----------------------------------------------------------------
     @property
@@ -171,12 +125,12 @@ class Engine:
         return self.codec.encode(pcm)  # type: ignore[attr-defined]
 
     def start(self) -> None:
-        """Warm up, then start the loop thread and report SERVING."""
+        """Warm up, size the slots, capture, then start the loop thread and report SERVING."""
         self._warm_up()
         self._thread = threading.Thread(target=self._run, name="csm-engine", daemon=True)
         self.state = "serving"
         self._thread.start()
-        log.info("engine serving: %d slots, queue %d", self.cfg.max_batch, self.cfg.max_queue)
+        log.info("engine serving: %d slots, queue %d", self.num_slots, self.cfg.max_queue)
 
     def drain(self) -> None:
         """Refuse new work; running and queued requests finish."""
@@ -186,7 +140,7 @@ class Engine:
 
     def is_idle(self) -> bool:
         with self._cond:
-            return not self.slots and not self.scheduler.waiting
+            return not self.slots and not self.prefills and not self.scheduler.waiting
 
     def stop(self, timeout: float = 5.0) -> None:
         with self._cond:
@@ -202,13 +156,14 @@ class Engine:
             "model": self.cfg.model,
             **device_info(self.runner.device),
             "dtype": str(self.runner.dtype).removeprefix("torch."),
-            "max_batch": self.cfg.max_batch,
+            "max_batch": self.cfg.max_batch if self.state == "starting" else self.num_slots,  # sized at start
             "active_streams": self.num_active,
             "queue_depth": self.queue_depth,
         }
 
     def _on_cancel(self, handle: RequestHandle) -> None:
-        """A waiting request leaves the queue at once; a running one is freed at the next frame."""
+        """A waiting request leaves the queue at once; a running (or prefilling) one is freed at the
+        next loop iteration, i.e. after at most one frame or one prefill round."""
         with self._cond:
             if self.scheduler.remove_waiting(handle):
                 self._finish_unstarted(handle, "cancelled")
@@ -219,17 +174,18 @@ class Engine:
 
     # -- the loop (engine thread) ---------------------------------------------------------------
     def _warm_up(self) -> None:
-        """Run the whole path once (kernels, allocator, Mimi), then capture the CUDA graphs."""
+        """Warm up on the runner's warm-up cache, size the slots from free memory, allocate, capture."""
+        probe = MemoryProbe(self.runner.device)
         prompt = self.prepare(SynthesisRequest(text="warm up"))
-        device = self.runner.device
-        for _ in range(2):
-            self.runner.prefill(0, prompt.tokens, prompt.mask, seed=0, temperature=0.9, top_k=50)
-            codes = self.runner.step(1, prompt.tokens.shape[0] + 1)
-            self.codec.decode_step(  # type: ignore[attr-defined]
-                torch.zeros(self.cfg.max_batch, codes.shape[1], dtype=torch.int64, device=device),
-                torch.zeros(self.cfg.max_batch, dtype=torch.bool, device=device),
-            )
-            self.runner.release(0)
+        peaks = warm_up(self.runner, self.codec, prompt, self.cfg.prefill_chunk_positions, probe)
+        plan = size_slots(self.runner, self.cfg, peaks, probe)
+        log.info("batch slots: %s", plan.describe())
+        if plan.limited_by == "memory":
+            log.warning("memory allows %d slots, fewer than max_batch %d", plan.num_slots, self.cfg.max_batch)
+        self.runner.allocate_slots(plan.num_slots)
+        self._use_slots(plan.num_slots)
+        # Mimi at the final row count, no row live (moshi's streaming graphs are made here, not on a call).
+        self.codec.decode_step(self._decode_codes, self._decode_mask)  # type: ignore[attr-defined]
         self.runner.capture_graphs()
 
     def _run(self) -> None:
@@ -237,35 +193,120 @@ class Engine:
             with self._cond:
                 if self.state == "stopped":
                     break
-                cancelled = [s for s, sl in self.slots.items() if sl.handle.cancelled.is_set()]
-                for slot in cancelled:
-                    self._finish(slot, "cancelled")
+                self._end_cancelled()
                 admitted = self.scheduler.admit()
-                if not admitted and not self.slots:
+                if not admitted and not self.slots and not self.prefills:
                     self._cond.wait(timeout=0.5)
                     continue
             # A failure ends only the requests it touched and frees their slots; the loop goes on
             # serving the others (a client would otherwise wait out its deadline on a lost slot).
             for slot, handle in admitted:
                 self._admit_or_fail(slot, handle)
+            self._advance_prefills()
             if self.slots:
                 self._step_or_fail()
         with self._cond:
             for slot in list(self.slots):
                 self._finish(slot, "cancelled", error="engine stopped")
+            for slot in list(self.prefills):
+                self._end_prefill(slot, "cancelled", "engine stopped")
             while self.scheduler.waiting:
                 self._finish_unstarted(self.scheduler.waiting.popleft(), "cancelled")
 
+    def _end_cancelled(self) -> None:
+        """Free the slots of cancelled requests, live or prefilling (lock held)."""
+        for slot in [s for s, state in self.slots.items() if state.handle.cancelled.is_set()]:
+            self._finish(slot, "cancelled")
+        for slot in [s for s, task in self.prefills.items() if task.handle.cancelled.is_set()]:
+            self._end_prefill(slot, "cancelled")
+
+    def _end_prefill(self, slot: int, reason: str, error: str | None = None) -> None:
+        """Close a request whose prefill did not complete and free its slot (lock held)."""
+        task = self.prefills.pop(slot)
+        self._free_slot(slot)
+        self._finish_unstarted(task.handle, reason, error)
+
     def _admit_or_fail(self, slot: int, handle: RequestHandle) -> None:
-        """Prefill one admitted request; if anything in that raises, end it alone and free its slot."""
+        """Start one admitted request's prefill; if that raises, end it alone and free its slot."""
         try:
             self._admit(slot, handle)
         except Exception as exc:
             log.exception("request %d: prefill failed", handle.id)
             self.stats.failed_prefills += 1
-            with self._cond:  # _admit adds the slot to self.slots last, so it is not there
+            with self._cond:  # _admit adds the slot to self.prefills last, so it is not there
                 self._free_slot(slot)
                 self._finish_unstarted(handle, "error", _failure("prefill", exc))
+
+    def _admit(self, slot: int, handle: RequestHandle) -> None:
+        """Look the prompt's prefix up in the cache and queue its prefill chunks."""
+        prompt = handle.prompt
+        key, cached = None, None
+        if prompt.prefix_len and self.prefix_cache.capacity_bytes:
+            key = prefix_key(prompt.tokens[: prompt.prefix_len], prompt.mask[: prompt.prefix_len])
+            cached = self.prefix_cache.get(key)
+            if cached is not None:
+                self.stats.prefix_hits += 1
+            else:
+                self.stats.prefix_misses += 1
+        chunks = prefill_chunks(
+            prompt.tokens.shape[0], prompt.prefix_len, cached is not None, self.cfg.prefill_chunk_positions
+        )
+        task = PrefillTask(slot, handle, chunks, key, cached is not None, cached, time.perf_counter())
+        with self._cond:
+            self.prefills[slot] = task
+
+    def _advance_prefills(self) -> None:
+        """Run this round's prefill chunks (at most ``prefill_chunk_positions`` rows in all); a
+        request whose prefill completes goes live and takes part in the frame step that follows."""
+        for task, rows in plan_round(list(self.prefills.values()), self.cfg.prefill_chunk_positions):
+            if self.prefills.get(task.slot) is not task:
+                continue  # it failed earlier in this round
+            try:
+                self._prefill_chunk(task, rows)
+                if task.is_done:
+                    self._go_live(task)
+            except Exception as exc:
+                log.exception("request %d: prefill failed", task.handle.id)
+                self.stats.failed_prefills += 1
+                with self._cond:  # _go_live moves the slot to self.slots last, so it is still a prefill
+                    self._end_prefill(task.slot, "error", _failure("prefill", exc))
+
+    def _prefill_chunk(self, task: PrefillTask, rows: tuple[int, int]) -> None:
+        req, prompt = task.handle.request, task.handle.prompt
+        snapshot = self.runner.prefill(
+            task.slot,
+            prompt.tokens,
+            prompt.mask,
+            task.handle.seed,
+            float(req.temperature),
+            int(req.top_k),
+            prefix_len=prompt.prefix_len,
+            prefix_kv=task.prefix_kv,
+            rows=rows,
+        )
+        task.prefix_kv = None  # copied in with the first chunk
+        task.next_chunk += 1
+        self.stats.prefill_chunks += 1
+        if snapshot is not None and task.prefix_key is not None:
+            self.prefix_cache.put(task.prefix_key, snapshot)  # the prefix is complete: cache it now
+
+    def _go_live(self, task: PrefillTask) -> None:
+        """The prefill is complete: fresh Mimi state for the row, then the slot steps from now on."""
+        handle, prompt_len = task.handle, task.handle.prompt.tokens.shape[0]
+        reset = torch.zeros(self.num_slots, dtype=torch.bool)
+        reset[task.slot] = True
+        self.codec.reset_rows(reset)  # type: ignore[attr-defined]
+        max_frames = min(handle.request.max_frames, self.model_cfg.max_seq_len - prompt_len)
+        state = SlotState(handle, max_frames, prompt_len)
+        state.timings.queued_s = task.admitted_at - handle.submitted_at
+        # From admission to the end of the prefill: with others live, their frames run in between.
+        state.timings.prefill_s = time.perf_counter() - task.admitted_at
+        state.timings.prompt_positions = prompt_len
+        state.timings.prefix_cache_hit = task.prefix_hit
+        state.timings.context_segments = handle.prompt.context_segments
+        with self._cond:
+            del self.prefills[task.slot]
+            self.slots[task.slot] = state
 
     def _step_or_fail(self) -> None:
         """One frame for every live slot; if the batch itself fails, end every request in it."""
@@ -279,42 +320,6 @@ class Engine:
             with self._cond:
                 for slot in list(self.slots):
                     self._finish(slot, "error", error=error)
-
-    def _admit(self, slot: int, handle: RequestHandle) -> None:
-        req, prompt = handle.request, handle.prompt
-        start = time.perf_counter()
-        prompt_len = prompt.tokens.shape[0]
-        key, cached = None, None
-        if prompt.prefix_len and self.prefix_cache.capacity_bytes:
-            key = prefix_key(prompt.tokens[: prompt.prefix_len], prompt.mask[: prompt.prefix_len])
-            cached = self.prefix_cache.get(key)
-        snapshot = self.runner.prefill(
-            slot,
-            prompt.tokens,
-            prompt.mask,
-            handle.seed,
-            float(req.temperature),
-            int(req.top_k),
-            prefix_len=prompt.prefix_len,
-            prefix_kv=cached,
-        )
-        if key is not None:
-            if cached is not None:
-                self.stats.prefix_hits += 1
-            else:
-                self.stats.prefix_misses += 1
-                self.prefix_cache.put(key, snapshot)  # type: ignore[arg-type]
-        reset = torch.zeros(self.cfg.max_batch, dtype=torch.bool)
-        reset[slot] = True
-        self.codec.reset_rows(reset)  # type: ignore[attr-defined]
-        state = _Slot(handle, min(req.max_frames, self.model_cfg.max_seq_len - prompt_len), prompt_len)
-        state.timings.queued_s = start - handle.submitted_at
-        state.timings.prefill_s = time.perf_counter() - start
-        state.timings.prompt_positions = prompt_len
-        state.timings.prefix_cache_hit = cached is not None
-        state.timings.context_segments = prompt.context_segments
-        with self._cond:
-            self.slots[slot] = state
 
     def _step(self) -> None:
         num_rows = max(self.slots) + 1
@@ -348,7 +353,7 @@ class Engine:
             for slot, reason, error in done:
                 self._finish(slot, reason, error=error)
 
-    def _advance(self, state: _Slot, codes: np.ndarray, pcm: np.ndarray, is_eos: bool, now: float) -> str | None:
+    def _advance(self, state: SlotState, codes: np.ndarray, pcm: np.ndarray, is_eos: bool, now: float) -> str | None:
         """Take one frame into a slot (chunking its audio) -> why the request ends now, or None."""
         state.position += 1
         if is_eos:
@@ -367,7 +372,7 @@ class Engine:
             self._emit_chunk(state, now)
         return "max_length" if len(state.frames) >= state.max_frames else None
 
-    def _emit_chunk(self, state: _Slot, now: float) -> None:
+    def _emit_chunk(self, state: SlotState, now: float) -> None:
         if not state.pcm:
             return
         if state.chunk_index == 0:
@@ -407,7 +412,7 @@ class Engine:
         finally:
             self.scheduler.release(slot)
 
-    def _final_event(self, state: _Slot, reason: str, error: str | None) -> Finished:
+    def _final_event(self, state: SlotState, reason: str, error: str | None) -> Finished:
         """The last chunk (a request that ended well) goes out, then its Finished event."""
         if reason in ("eos", "max_length"):
             self._emit_chunk(state, time.perf_counter())

@@ -103,7 +103,7 @@ def validate_request(req: SynthesisRequest, max_audio_ms: int, audio_vocab: int 
 @dataclass
 class Timings:
     queued_s: float = 0.0  # submit -> admitted to a slot
-    prefill_s: float = 0.0
+    prefill_s: float = 0.0  # admitted -> prefill complete (chunked: live streams' frames run in between)
     first_audio_s: float = 0.0  # submit -> first chunk out
     total_s: float = 0.0  # submit -> finished
     audio_s: float = 0.0

@@ -1,14 +1,25 @@
 """The model on its device: static KV caches, per-slot sampling state, prefill and batched step.
 
-All per-slot state lives on the device in [max_batch] tensors, so a step reads nothing from the
+All per-slot state lives on the device in [num_slots] tensors, so a step reads nothing from the
 host beyond two Python ints (how many rows, how many cache positions) and writes nothing back but
-the frame's codes.
+the frame's codes. The number of slots is sized at start-up from free memory (engine/memory.py):
+the runner is built with a one-slot cache for the warm-up, then :meth:`allocate_slots` gives it
+the final count before the graphs are captured.
 
 On CUDA the whole step (backbone step for every row at its own position, codebook-0 sampling, the
-31 depth-decoder steps with their sampling, the state update) is captured as one CUDA graph per
-(batch bucket, cache-length bucket) at start-up, and a step is one ``replay()``: the live rows are
-padded up to the next batch bucket and the cache read up to the next length bucket (the mask hides
-what lies beyond each row's position, so the result is the same as reading exactly).
+31 depth-decoder steps with their sampling, the state update) is captured as CUDA graphs at
+start-up, and a step is one ``replay()``: the live rows are padded up to the next batch bucket and
+the cache read up to the next length bucket (the mask hides what lies beyond each row's position,
+so the result is the same as reading exactly). Length buckets are captured only for the batch
+buckets where reading the whole cache instead would add more than a tenth to the weight reads of a
+step (engine/buckets.py): small batches get one graph at the full cache length, large batches the
+length buckets; 14 graphs at max batch 64 instead of 28. On CPU nothing is captured and the step
+reads exactly the filled cache.
+
+A row that is not active still computes in a batched step and writes its (ignored) K/V at its
+``positions`` entry. An idle row's is 0 and its cache is rewritten by its next prefill; a row whose
+prefill is in progress points at the next prompt row its prefill computes, so that write lands on
+a position the next chunk overwrites and never on rows already prefilled.
 """
 
 from __future__ import annotations
@@ -19,30 +30,26 @@ import time
 import numpy as np
 import torch
 
+from csm_service.engine.buckets import (
+    MIN_KV_BUCKET,
+    backbone_kv_bytes_per_position,
+    graph_lengths,
+    kv_buckets,
+    powers_of_two_upto,
+    round_up,
+    step_weight_bytes,
+)
 from csm_service.engine.frame import FrameInputs, frame_step
+from csm_service.engine.prefill import prefill_chunks
 from csm_service.engine.prefix_cache import PrefixKV
 from csm_service.model.csm import CSM
 from csm_service.model.fuse import fuse_projections
 
+__all__ = ["MIN_KV_BUCKET", "ModelRunner", "pick_device", "pick_dtype", "powers_of_two_upto", "round_up"]
+
 log = logging.getLogger(__name__)
 
-MIN_KV_BUCKET = 256
-
-
-def powers_of_two_upto(limit: int, start: int = 1) -> tuple[int, ...]:
-    """start, 2*start, ... below ``limit``, then ``limit`` itself: the buckets a value rounds up to."""
-    out, value = [], start
-    while value < limit:
-        out.append(value)
-        value *= 2
-    return (*out, limit)
-
-
-def round_up(value: int, buckets: tuple[int, ...]) -> int:
-    for bucket in buckets:
-        if value <= bucket:
-            return bucket
-    raise ValueError(f"{value} exceeds the largest bucket {buckets[-1]}")
+WARM_UP_SLOTS = 1  # the cache the warm-up runs on, before the slots are sized
 
 
 def pick_device(name: str) -> torch.device:
@@ -61,26 +68,52 @@ class ModelRunner:
     def __init__(
         self, model: CSM, max_batch: int, device: torch.device, dtype: torch.dtype, use_cuda_graphs: bool = False
     ) -> None:
+        """``max_batch``: the slots allocated now (the engine builds with WARM_UP_SLOTS and sizes later)."""
         self.model = model.to(device=device, dtype=dtype).eval()
         fuse_projections(self.model, pack_cpu=device.type == "cpu")
-        self.model.setup_caches(max_batch)
         self.cfg = model.cfg
-        self.max_batch = max_batch
         self.device = device
         self.dtype = dtype
-        dim = self.cfg.backbone.dim
-        self.hidden = torch.zeros(max_batch, dim, device=device, dtype=dtype)  # [N, D]
-        self.positions = torch.zeros(max_batch, device=device, dtype=torch.int64)  # [N]
-        self.is_active = torch.zeros(max_batch, device=device, dtype=torch.int64)  # [N] 0/1
-        self.seeds = torch.zeros(max_batch, device=device, dtype=torch.int64)
-        self.frame_index = torch.zeros(max_batch, device=device, dtype=torch.int64)
-        self.temperature = torch.ones(max_batch, device=device, dtype=torch.float32)
-        self.top_k = torch.ones(max_batch, device=device, dtype=torch.int64)
-        self.codes = torch.zeros(max_batch, self.cfg.num_codebooks, device=device, dtype=torch.int64)  # [N, K]
-        self.batch_buckets = powers_of_two_upto(max_batch)
-        self.kv_buckets = powers_of_two_upto(self.cfg.max_seq_len, min(MIN_KV_BUCKET, self.cfg.max_seq_len))
         self.use_cuda_graphs = use_cuda_graphs and device.type == "cuda"
         self.graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
+        self.kv_buckets = kv_buckets(self.cfg.max_seq_len)
+        self.allocate_slots(max_batch)
+
+    @property
+    def num_slots(self) -> int:
+        return self.max_batch
+
+    def free_slots(self) -> None:
+        """Drop the KV caches and per-slot state (to measure free memory before sizing)."""
+        if self.graphs:
+            raise RuntimeError("the slots are sized before the CUDA graphs are captured, never after")
+        self.model.setup_caches(0)
+        self.max_batch = 0
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def allocate_slots(self, num_slots: int) -> None:
+        """(Re)allocate the KV caches and per-slot state for ``num_slots`` rows (before capture)."""
+        self.free_slots()
+        self.model.setup_caches(num_slots)
+        self.max_batch = num_slots
+        n, device, dtype = num_slots, self.device, self.dtype
+        self.hidden = torch.zeros(n, self.cfg.backbone.dim, device=device, dtype=dtype)  # [N, D]
+        self.positions = torch.zeros(n, device=device, dtype=torch.int64)  # [N]
+        self.is_active = torch.zeros(n, device=device, dtype=torch.int64)  # [N] 0/1
+        self.seeds = torch.zeros(n, device=device, dtype=torch.int64)
+        self.frame_index = torch.zeros(n, device=device, dtype=torch.int64)
+        self.temperature = torch.ones(n, device=device, dtype=torch.float32)
+        self.top_k = torch.ones(n, device=device, dtype=torch.int64)
+        self.codes = torch.zeros(n, self.cfg.num_codebooks, device=device, dtype=torch.int64)  # [N, K]
+        self.batch_buckets = powers_of_two_upto(n)
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        self.graph_lengths = graph_lengths(
+            n,
+            self.cfg.max_seq_len,
+            backbone_kv_bytes_per_position(self.cfg, itemsize),
+            step_weight_bytes(self.cfg, itemsize),
+        )
 
     @torch.inference_mode()
     def prefill(
@@ -93,43 +126,59 @@ class ModelRunner:
         top_k: int,
         prefix_len: int = 0,
         prefix_kv: PrefixKV | None = None,
+        rows: tuple[int, int] | None = None,
     ) -> PrefixKV | None:
         """Run the prompt tokens, mask [S, 33] into ``slot``'s cache and arm its sampling state.
 
         With ``prefix_len`` the first rows are a stable prefix, always run on their own: their KV
         is copied in from ``prefix_kv`` (a cache hit) or computed and returned (for the cache).
         A hit and a miss therefore run the same operations on the rest and give the same result.
+
+        ``rows`` = (start, end) runs one chunk of a chunked prefill: the caller runs the chunks of
+        :func:`prefill_chunks` in order, with the same arguments (``prefix_kv`` with the first one
+        only). The first chunk makes the slot idle; the chunk that reaches S arms it.
         """
         prompt_len = tokens.shape[0]
-        t = torch.from_numpy(tokens).to(self.device).unsqueeze(0)  # [1, S, 33]
-        m = torch.from_numpy(mask).to(self.device).unsqueeze(0)
-        rows = slice(slot, slot + 1)
-        snapshot = None
-        if prefix_len and prefix_kv is not None:
+        if rows is None:
+            snapshot = None
+            for i, chunk in enumerate(prefill_chunks(prompt_len, prefix_len, prefix_kv is not None, 0)):
+                kv = prefix_kv if i == 0 else None
+                taken = self.prefill(slot, tokens, mask, seed, temperature, top_k, prefix_len, kv, chunk)
+                snapshot = taken if taken is not None else snapshot
+            return snapshot
+        start, end = rows
+        if start == 0 or prefix_kv is not None:  # the first chunk
+            self.is_active[slot] = 0
+        if prefix_kv is not None:
+            if start != prefix_len:
+                raise ValueError(f"a prefix hit's first chunk starts at {prefix_len}, not {start}")
             for cache, (k, v) in zip(self.model.backbone.caches, prefix_kv, strict=True):
                 cache.k[slot, :prefix_len] = k
                 cache.v[slot, :prefix_len] = v
-        elif prefix_len:
-            self._backbone_rows(t, m, 0, prefix_len, rows)
+        t = torch.from_numpy(tokens[start:end]).to(self.device).unsqueeze(0)  # [1, C, 33]
+        m = torch.from_numpy(mask[start:end]).to(self.device).unsqueeze(0)
+        out = self._backbone_rows(t, m, start, slice(slot, slot + 1))  # [1, C, D]
+        self.positions[slot] = end  # a step beside this prefill writes row `slot` here; the next chunk overwrites it
+        snapshot = None
+        if end == prefix_len:  # a miss: the prefix is complete
             snapshot = [
                 (cache.k[slot, :prefix_len].clone(), cache.v[slot, :prefix_len].clone())
                 for cache in self.model.backbone.caches
             ]  # per layer [P, Hkv, Dh]
-        out = self._backbone_rows(t, m, prefix_len, prompt_len, rows)  # [1, S - P, D]
-        self.hidden[slot] = out[0, -1]
-        self.positions[slot] = prompt_len
-        self.is_active[slot] = 1
-        self.seeds[slot] = seed
-        self.frame_index[slot] = 0
-        self.temperature[slot] = temperature
-        self.top_k[slot] = top_k
+        if end == prompt_len:
+            self.hidden[slot] = out[0, -1]
+            self.is_active[slot] = 1
+            self.seeds[slot] = seed
+            self.frame_index[slot] = 0
+            self.temperature[slot] = temperature
+            self.top_k[slot] = top_k
         return snapshot
 
-    def _backbone_rows(self, t: torch.Tensor, m: torch.Tensor, start: int, end: int, rows: slice) -> torch.Tensor:
-        """Prompt rows [start, end) at positions start..end-1, attending to the cache before them."""
-        positions = torch.arange(start, end, device=self.device).unsqueeze(0)  # [1, end - start]
-        embedded = self.model.embed_rows(t[:, start:end], m[:, start:end])
-        return self.model.backbone(embedded, positions, rows, end)
+    def _backbone_rows(self, t: torch.Tensor, m: torch.Tensor, start: int, rows: slice) -> torch.Tensor:
+        """Prompt rows t, m [1, C, 33] at positions start..start+C-1, attending to the cache before them."""
+        end = start + t.shape[1]
+        positions = torch.arange(start, end, device=self.device).unsqueeze(0)  # [1, C]
+        return self.model.backbone(self.model.embed_rows(t, m), positions, rows, end)
 
     def release(self, slot: int) -> None:
         self.is_active[slot] = 0
@@ -144,8 +193,8 @@ class ModelRunner:
         With CUDA graphs the rows and the cache length are rounded up to their buckets.
         """
         if self.graphs:
-            n, length = round_up(num_rows, self.batch_buckets), round_up(kv_len, self.kv_buckets)
-            self.graphs[(n, length)].replay()
+            n = round_up(num_rows, self.batch_buckets)
+            self.graphs[(n, round_up(kv_len, self.graph_lengths[n]))].replay()
         else:
             self.step_eager(num_rows, kv_len)
         return self.codes[:num_rows]
@@ -169,7 +218,7 @@ class ModelRunner:
 
     @torch.inference_mode()
     def capture_graphs(self) -> None:
-        """Capture one CUDA graph per (batch bucket, cache-length bucket); call with no live slot.
+        """Capture one CUDA graph per batch bucket and each of its cache lengths; call with no live slot.
 
         Largest first, all in one memory pool, so the smaller graphs reuse the largest's buffers.
         Warm-up and capture write only rows that are idle (their cache is rewritten by prefill).
@@ -181,7 +230,7 @@ class ModelRunner:
         pool = torch.cuda.graph_pool_handle()
         side = torch.cuda.Stream(self.device)
         for n in reversed(self.batch_buckets):
-            for length in reversed(self.kv_buckets):
+            for length in reversed(self.graph_lengths[n]):
                 side.wait_stream(torch.cuda.current_stream(self.device))
                 with torch.cuda.stream(side):  # warm-up: lazy init and autotuning outside the graph
                     for _ in range(2):
@@ -195,10 +244,9 @@ class ModelRunner:
         for tensor, value in zip(self._state(), saved, strict=True):
             tensor.copy_(value)
         log.info(
-            "captured %d CUDA graphs (batch %s x cache %s) in %.1f s",
+            "captured %d CUDA graphs (batch bucket: cache lengths %s) in %.1f s",
             len(self.graphs),
-            self.batch_buckets,
-            self.kv_buckets,
+            self.graph_lengths,
             time.perf_counter() - started,
         )
 

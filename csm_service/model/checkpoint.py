@@ -28,24 +28,52 @@ class CheckpointError(ValueError):
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 
 
-def read_state_dict(paths: Iterable[Path]) -> dict[str, torch.Tensor]:
-    """Tensors from one or more ``.safetensors`` / ``ckpt.pt``-style files, merged."""
-    from safetensors.torch import load_file
+def read_state_dict(paths: Iterable[Path], dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """Tensors from one or more ``.safetensors`` / ``ckpt.pt``-style files, merged.
 
+    With ``dtype``, floating tensors are cast one at a time as they are read, so the host never
+    holds the whole checkpoint twice (e.g. fp32 as stored and bf16 as served: ~6 GB extra for CSM-1B).
+    """
     state: dict[str, torch.Tensor] = {}
     for path in paths:
         if path.suffix == ".safetensors":
-            state.update(load_file(str(path)))
+            _read_safetensors(path, dtype, state)
         elif path.suffix in (".pt", ".pth", ".bin"):
-            loaded = torch.load(str(path), map_location="cpu", weights_only=True)
-            if isinstance(loaded, dict) and isinstance(loaded.get("model"), dict):
-                loaded = loaded["model"]
-            if not isinstance(loaded, dict):
-                raise CheckpointError(f"{path}: expected a state dict, got {type(loaded).__name__}")
-            state.update(loaded)
+            _read_torch_file(path, dtype, state)
         else:
             raise CheckpointError(f"{path}: unknown weights format (want {', '.join(WEIGHT_SUFFIXES)})")
     return state
+
+
+def _cast(tensor: torch.Tensor, dtype: torch.dtype | None, copy: bool = False) -> torch.Tensor:
+    if dtype is not None and tensor.is_floating_point():
+        return tensor.to(dtype=dtype, copy=copy)
+    return tensor.clone() if copy else tensor
+
+
+def _read_safetensors(path: Path, dtype: torch.dtype | None, into: dict[str, torch.Tensor]) -> None:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        for name in f.keys():
+            into[name] = _cast(f.get_tensor(name), dtype)
+
+
+def _read_torch_file(path: Path, dtype: torch.dtype | None, into: dict[str, torch.Tensor]) -> None:
+    # Memory-mapped, each tensor is read (and cast) when it is copied out: one full copy at most.
+    try:
+        loaded = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        mapped = True
+    except RuntimeError:  # a file in torch's legacy format cannot be mapped
+        loaded = torch.load(str(path), map_location="cpu", weights_only=True)
+        mapped = False
+    if isinstance(loaded, dict) and isinstance(loaded.get("model"), dict):
+        loaded = loaded["model"]
+    if not isinstance(loaded, dict):
+        raise CheckpointError(f"{path}: expected a state dict, got {type(loaded).__name__}")
+    for name in list(loaded):
+        tensor = loaded.pop(name)
+        into[name] = _cast(tensor, dtype, copy=mapped) if isinstance(tensor, torch.Tensor) else tensor
 
 
 def detect_naming(state: dict[str, torch.Tensor]) -> str:

@@ -3,7 +3,8 @@
 The KV cache holds only the KV heads, laid out [max_batch, max_positions, num_kv_heads, head_dim]
 so that batch row == engine slot. Every call names the cache rows it works on (one slot for a
 prefill, the first B slots for a batched step), the absolute position of each input, and
-``kv_len``, the number of cache positions attention reads (the filled prefix).
+``kv_len``, the number of cache positions attention reads (the filled prefix). Attention itself
+is in :mod:`csm_service.model.attention` (exact on CPU, a fused-kernel formulation on CUDA).
 """
 
 from __future__ import annotations
@@ -13,6 +14,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from csm_service.config import TransformerConfig
+from csm_service.model.attention import (
+    attend_exact,
+    attend_folded,
+    causal_mask,
+    folded_bias,
+    uses_folded_attention,
+)
 from csm_service.model.rope import apply_rope, rope_tables
 
 
@@ -76,7 +84,7 @@ class Attention(nn.Module):
         x: torch.Tensor,  # [B, S, D]
         cos: torch.Tensor,  # [B, 1, S, Dh]
         sin: torch.Tensor,  # [B, 1, S, Dh]
-        mask: torch.Tensor,  # [B, 1, S, kv_len] bool, True = attend
+        mask: torch.Tensor,  # [B, 1, S, kv_len] bool (exact) or [B, 1, G*S, kv_len] additive bias (folded)
         cache: KVCache,
         rows: slice,
         positions: torch.Tensor,  # [B, S]
@@ -91,7 +99,8 @@ class Attention(nn.Module):
         k = apply_rope(k.transpose(1, 2), cos, sin).transpose(1, 2)  # [B, S, Hkv, Dh]
         cache.write(rows, positions, k, v)
         keys, values = cache.read(rows, kv_len)  # [B, Hkv, L, Dh]
-        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=True)
+        attend = attend_exact if mask.dtype == torch.bool else attend_folded
+        out = attend(q, keys, values, mask)  # [B, H, S, Dh]
         return self.o_proj(out.transpose(1, 2).reshape(b, s, -1))
 
 
@@ -131,6 +140,7 @@ class Transformer(nn.Module):
         self.register_buffer("rope_cos", torch.empty(max_positions, cfg.head_dim), persistent=False)  # [P, Dh]
         self.register_buffer("rope_sin", torch.empty(max_positions, cfg.head_dim), persistent=False)
         self.caches = nn.ModuleList()
+        self.folded_attention: bool | None = None  # None: by device (folded on CUDA); tests force either
         self.init_buffers()
 
     def init_buffers(self, device: torch.device | str | None = None) -> None:
@@ -156,8 +166,10 @@ class Transformer(nn.Module):
     ) -> torch.Tensor:
         cos = self.rope_cos[positions].to(x.dtype).unsqueeze(1)  # [B, 1, S, Dh]
         sin = self.rope_sin[positions].to(x.dtype).unsqueeze(1)
-        key_positions = torch.arange(kv_len, device=x.device)
-        mask = (key_positions <= positions.unsqueeze(-1)).unsqueeze(1)  # [B, 1, S, L]
+        mask = causal_mask(positions, kv_len)  # [B, 1, S, L] bool, shared by every layer
+        folded = self.folded_attention if self.folded_attention is not None else uses_folded_attention(x.device)
+        if folded:
+            mask = folded_bias(mask, self.cfg.num_heads // self.cfg.num_kv_heads, x.dtype)  # [B, 1, G*S, L]
         for block, cache in zip(self.layers, self.caches, strict=True):
             h = block.attn_norm(x)
             x = x + block.attn(h, cos, sin, mask, cache, rows, positions, kv_len)

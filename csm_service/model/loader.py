@@ -7,6 +7,7 @@ cache gives :class:`ModelNotAvailable` naming the files it needed.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 # The ungated copy of the Llama-3.2 tokenizer used when a checkpoint ships none.
 FALLBACK_TOKENIZER_REPO = "unsloth/Llama-3.2-1B"
 HUB_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "ckpt.pt", "config.json", "tokenizer.json")
+TORCH_WEIGHT_NAMES = ("ckpt.pt", "model.pt", "pytorch_model.bin")  # in order of preference
 
 
 class ModelNotAvailable(RuntimeError):
@@ -49,7 +51,7 @@ def find_weights(directory: Path) -> tuple[Path, ...]:
 
         shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
         return tuple(directory / s for s in shards)
-    for name in ("model.safetensors", "ckpt.safetensors", "ckpt.pt", "model.pt", "pytorch_model.bin"):
+    for name in ("model.safetensors", "ckpt.safetensors", *TORCH_WEIGHT_NAMES):
         if (directory / name).exists():
             return (directory / name,)
     found = sorted(p for p in directory.glob("*.safetensors") if not p.name.startswith("tokenizer-"))
@@ -68,13 +70,32 @@ def _local_files(path: Path) -> ModelFiles:
     return ModelFiles(weights, config if config.exists() else None, tokenizer if tokenizer.exists() else None)
 
 
-def _hub_files(repo_id: str) -> ModelFiles:
-    from huggingface_hub import snapshot_download
+def _is_weights_safetensors(name: str) -> bool:
+    """A top-level safetensors file holding model weights (not Mimi's ``tokenizer-*`` file)."""
+    return "/" not in name and name.endswith(".safetensors") and not name.startswith("tokenizer-")
 
-    patterns = ["*.safetensors", "*.json", "ckpt.pt"]
+
+def hub_download_patterns(repo_files: Iterable[str]) -> list[str]:
+    """What to fetch from a hub repo: its JSON files and ONE weights format, never both.
+
+    CSM-1B's repo carries ``model.safetensors`` and Sesame's ``ckpt.pt`` (~6 GB each): the
+    safetensors (shards included) when there are any, else the first torch checkpoint found.
+    """
+    names = [n for n in repo_files if "/" not in n]
+    safetensors = sorted(n for n in names if _is_weights_safetensors(n))
+    if safetensors:
+        return ["*.json", *safetensors]
+    return ["*.json", *[n for n in TORCH_WEIGHT_NAMES if n in names][:1]]
+
+
+def _hub_files(repo_id: str) -> ModelFiles:
+    from huggingface_hub import list_repo_files, snapshot_download
+
+    cached_patterns = ["*.safetensors", "*.json", *TORCH_WEIGHT_NAMES]  # whatever the cache has; no download
     errors = []
     for local_only in (True, False):
         try:
+            patterns = cached_patterns if local_only else hub_download_patterns(list_repo_files(repo_id))
             snapshot = Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=local_only))
             return _local_files(snapshot)
         except Exception as exc:  # noqa: BLE001 - the hub raises many kinds; report them all
@@ -121,22 +142,26 @@ def build_tiny_random(seed: int = 0, cfg: CsmConfig = TINY) -> CSM:
     return model
 
 
-def load_checkpoint(files: ModelFiles, cfg: CsmConfig | None = None) -> CSM:
-    """Build the model from ``files``: config from config.json unless given, both namings."""
+def load_checkpoint(files: ModelFiles, cfg: CsmConfig | None = None, dtype: torch.dtype = torch.float32) -> CSM:
+    """Build the model from ``files`` in ``dtype`` (each tensor cast as it is read): config from
+    config.json unless given, both namings."""
     if cfg is None:
         cfg = config_from_json(files.config_json) if files.config_json else CSM_1B
-    return model_from_state_dict(read_state_dict(files.weights), cfg)
+    return model_from_state_dict(read_state_dict(files.weights, dtype), cfg, dtype)
 
 
-def model_from_state_dict(state: dict[str, torch.Tensor], cfg: CsmConfig) -> CSM:
-    """A CSM whose parameters are the given tensors (either naming; no copy where dtypes agree)."""
+def model_from_state_dict(state: dict[str, torch.Tensor], cfg: CsmConfig, dtype: torch.dtype = torch.float32) -> CSM:
+    """A CSM whose parameters are the given tensors in ``dtype`` (either naming; no copy where
+    dtypes agree, else one tensor at a time)."""
     mapped, unexpected = to_internal_names(state, cfg)
     with torch.device("meta"):
         model = CSM(cfg)
     validate(mapped, model.state_dict())
     if unexpected:
         log.warning("ignoring %d unexpected checkpoint tensor(s): %s", len(unexpected), ", ".join(unexpected[:8]))
-    mapped = {k: v.float() if v.is_floating_point() else v for k, v in mapped.items()}
+    for name, tensor in mapped.items():
+        if tensor.is_floating_point() and tensor.dtype != dtype:
+            mapped[name] = tensor.to(dtype)
     try:
         model.load_state_dict(mapped, strict=True, assign=True)
     except RuntimeError as exc:  # validate() should have caught it; keep the message precise anyway
@@ -145,11 +170,11 @@ def model_from_state_dict(state: dict[str, torch.Tensor], cfg: CsmConfig) -> CSM
     return model
 
 
-def load_model(model_name: str, seed: int = 0) -> tuple[CSM, TextTokenizer]:
-    """The model and its tokenizer, on CPU in float32 (the caller moves and casts)."""
+def load_model(model_name: str, seed: int = 0, dtype: torch.dtype = torch.float32) -> tuple[CSM, TextTokenizer]:
+    """The model and its tokenizer, on CPU with parameters in ``dtype`` (the caller moves it)."""
     if model_name == TINY_RANDOM:
         log.warning("model 'tiny-random': random weights, test size -- its audio is NOISE, not speech")
-        return build_tiny_random(seed), ByteTokenizer()
+        return build_tiny_random(seed).to(dtype), ByteTokenizer()
     files = resolve_model_files(model_name)
-    model = load_checkpoint(files)
+    model = load_checkpoint(files, dtype=dtype)
     return model, load_tokenizer(files)

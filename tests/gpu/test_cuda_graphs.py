@@ -1,5 +1,7 @@
-"""CUDA graphs: replay equals eager for the same inputs and seed; many concurrent requests finish
-with valid audio through the graphed engine."""
+"""CUDA graphs: a replay equals eager at the shapes it was captured with, bit for bit (the same
+kernels on the same inputs); many concurrent requests finish with valid audio through the graphed
+engine. Batch invariance (a request alone vs in a crowd) is in test_batch_invariance.py: across
+batch sizes cuBLAS picks different kernels, so it holds to rounding, not bit for bit."""
 
 from __future__ import annotations
 
@@ -9,41 +11,32 @@ import numpy as np
 import pytest
 import torch
 
-from csm_service.config import CSM_1B, EngineConfig
+from csm_service.config import EngineConfig
 from csm_service.engine.build import build_engine
-from csm_service.engine.prompt import build_prompt
 from csm_service.engine.request import Finished, SynthesisRequest
-from csm_service.engine.runner import ModelRunner, round_up
-from csm_service.model.csm import CSM
+from csm_service.engine.runner import ModelRunner
 from csm_service.model.loader import build_tiny_random
-from csm_service.model.tokenizer import ByteTokenizer
+from tests.gpu.helpers import CUDA, prefill_slots, random_csm1b, record_replays
 
 pytestmark = pytest.mark.gpu
-CUDA = torch.device("cuda")
-
-
-def _prefill(runner: ModelRunner, num_slots: int) -> int:
-    tokenizer = ByteTokenizer()
-    longest = 0
-    for slot in range(num_slots):
-        tokens, mask = build_prompt(tokenizer, (), f"Caller number {slot} says hello", slot % 3, 32)
-        runner.prefill(slot, tokens, mask, seed=100 + slot, temperature=0.9, top_k=50)
-        longest = max(longest, tokens.shape[0])
-    return longest
 
 
 def _graph_vs_eager(model_factory, dtype: torch.dtype, max_batch: int, num_slots: int, frames: int) -> None:
     graphed = ModelRunner(model_factory(), max_batch, CUDA, dtype, use_cuda_graphs=True)
     graphed.capture_graphs()
+    assert graphed.graphs, "no CUDA graph was captured"
+    replayed = record_replays(graphed)
     eager = ModelRunner(model_factory(), max_batch, CUDA, dtype, use_cuda_graphs=False)
-    longest = max(_prefill(graphed, num_slots), _prefill(eager, num_slots))
+    longest = max(prefill_slots(graphed, range(num_slots)), prefill_slots(eager, range(num_slots)))
     for frame in range(frames):
         kv_len = longest + frame + 1
         got = graphed.step(num_slots, kv_len).clone()
-        # eager at the very shapes the graph was captured with
-        eager.step_eager(round_up(num_slots, eager.batch_buckets), round_up(kv_len, eager.kv_buckets))
+        batch, length = replayed[-1]  # the shapes that graph was captured with
+        assert batch >= num_slots and length >= kv_len
+        eager.step_eager(batch, length)
         torch.testing.assert_close(got, eager.codes[:num_slots], rtol=0, atol=0)
         torch.testing.assert_close(graphed.hidden[:num_slots], eager.hidden[:num_slots], rtol=0, atol=0)
+    assert len(replayed) == frames
 
 
 def test_graph_replay_equals_eager_tiny_fp32():
@@ -51,14 +44,6 @@ def test_graph_replay_equals_eager_tiny_fp32():
 
 
 def test_graph_replay_equals_eager_csm1b_shapes_bf16():
-    def random_csm1b() -> CSM:
-        torch.manual_seed(0)
-        with torch.device(CUDA):
-            model = CSM(CSM_1B)
-            for p in model.parameters():
-                torch.nn.init.normal_(p, std=0.02)
-        return model
-
     _graph_vs_eager(random_csm1b, torch.bfloat16, max_batch=4, num_slots=3, frames=4)
 
 
@@ -87,11 +72,5 @@ def test_many_concurrent_requests_finish_with_valid_audio():
             pcm = np.concatenate(chunks[i])
             assert pcm.shape == (10 * 1920,) and np.isfinite(pcm).all() and np.abs(pcm).max() > 0
             assert done.codes.shape == (32, 10) and done.codes.max() < 2051
-        # same seed alone gives the same codes as in the crowd
-        alone: queue.Queue = queue.Queue()
-        engine.submit(SynthesisRequest("request 7", max_audio_length_ms=800, seed=7), alone.put)
-        while not isinstance(event := alone.get(timeout=60), Finished):
-            pass
-        np.testing.assert_array_equal(event.codes, results[7].codes)
     finally:
         engine.stop()
