@@ -284,7 +284,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--spawn", action="store_true", help="start csm-service serve --model tiny-random itself")
     p.add_argument(
         "--serve-args",
-        default="--max-batch 32 --max-queue 2048 --max-sessions 1000",
+        # One client address poses as every caller: the per-client in-flight cap would refuse it.
+        default="--max-batch 32 --max-queue 2048 --max-sessions 1000 --max-inflight-per-key 0",
         help="extra flags for the spawned server",
     )
     p.add_argument("--server-log", default="", help="the spawned server's log file")

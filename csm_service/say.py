@@ -97,7 +97,8 @@ def open_stream_sink(fmt: FileFormat) -> tuple[BinaryIO, subprocess.Popen | None
 
 def voice_context(args: argparse.Namespace, engine: object) -> tuple[list, int | None]:
     """``--voice`` -> (context segments, the voice's speaker or None)."""
-    from csm_service.audio.decode import BadAudio, decode_audio, to_pcm16
+    from csm_service.audio.decode import MIN_VOICE_SECONDS, AudioLimits, BadAudio, prompt_audio, to_pcm16
+    from csm_service.config import build_config
     from csm_service.engine.request import Segment
     from csm_service.voices import DEFAULT_VOICE, VoiceStore
 
@@ -108,8 +109,11 @@ def voice_context(args: argparse.Namespace, engine: object) -> tuple[list, int |
     if path.is_file():
         if not args.voice_text:
             raise SayError("--voice-text: the words spoken in the --voice recording")
+        # A server upload's rules (CSM_MAX_VOICE_SECONDS, CSM_MAX_AUDIO_CHANNELS, CSM_MAX_AUDIO_RATE_HZ),
+        # read from disk block by block: a small compressed file may declare hours of audio.
+        limits = AudioLimits.from_config(build_config({}), min_seconds=MIN_VOICE_SECONDS)
         try:
-            samples, rate = decode_audio(path.read_bytes())
+            samples, rate = prompt_audio(path, limits)
         except BadAudio as exc:
             raise SayError(f"--voice {spec}: {exc}") from None
         pcm = np.frombuffer(to_pcm16(samples), dtype="<i2").astype(np.float32) / 32768.0  # as a server upload is

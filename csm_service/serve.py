@@ -11,16 +11,17 @@ engine drains (``drain_timeout_s``), WebSockets close with 1001, exit 0.
 from __future__ import annotations
 
 import logging
+import secrets
 
 from prometheus_client import CollectorRegistry
 
 from csm_service.auth import KeyChecker, grpc_metadata, warn_if_open
-from csm_service.config import ServiceConfig, api_keys
+from csm_service.config import ServiceConfig, api_key_entries
 from csm_service.edge.app import EdgeServer, build_app
 from csm_service.engine.runner import pick_device
 from csm_service.metrics import EngineMetrics
 from csm_service.rpc.client import EngineClient, client_policy
-from csm_service.rpc.server import EngineServer, server_policy
+from csm_service.rpc.server import EngineServer, caller_limits, server_policy
 from csm_service.rpc.worker import load_engine, stop_event
 from csm_service.voices import VoiceStore
 
@@ -33,22 +34,26 @@ def _loopback(host: str) -> str:
 
 async def run_serve(cfg: ServiceConfig) -> int:
     registry = CollectorRegistry()
-    keys = api_keys(cfg)
+    keys = api_key_entries(cfg)
     checker = KeyChecker(keys)
+    # The edge's own key on the gRPC port: never shown, no tenant's, exempt from per-caller limits
+    # (the edge carries every tenant's calls and holds each to its own limits).
+    internal = secrets.token_urlsafe(32)
     warn_if_open(checker, cfg.host, "the HTTP/WebSocket edge")
     warn_if_open(checker, cfg.grpc_host, "gRPC")
     grpc_server = EngineServer(
         EngineMetrics(registry),
         f"{cfg.grpc_host}:{cfg.grpc_port}",
         cfg.engine.model,
-        checker,
+        KeyChecker(keys, internal=(internal,)),
         VoiceStore(cfg.data_dir),
+        limits=caller_limits(cfg),
         **server_policy(cfg),
     )
     await grpc_server.start()
     log.info("gRPC on %s:%d (NOT_SERVING until the model is warm)", cfg.grpc_host, grpc_server.port)
     client = EngineClient(
-        f"{_loopback(cfg.grpc_host)}:{grpc_server.port}", metadata=grpc_metadata(keys), **client_policy(cfg)
+        f"{_loopback(cfg.grpc_host)}:{grpc_server.port}", metadata=grpc_metadata((internal,)), **client_policy(cfg)
     )
     app = build_app(cfg, client, registry, device_hint=pick_device(cfg.engine.device).type, checker=checker)
     edge = EdgeServer(app, cfg.host, cfg.port, cfg.health_port)

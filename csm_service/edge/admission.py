@@ -1,13 +1,19 @@
-"""Whether the edge takes a new HTTP request at all: not while draining, not over the rate."""
+"""Whether the edge takes new work: not while draining, not over the client's rate, and not past
+the client's utterances in flight (:func:`hold_utterance`); and who the client is
+(:func:`request_principal`)."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
 from csm_service.auth import bearer_token
-from csm_service.edge.errors import RATE_LIMITED, SHUTTING_DOWN, ApiError
-from csm_service.edge.rate_limit import client_id
+from csm_service.edge.errors import RATE_LIMITED, SHUTTING_DOWN, TOO_MANY_IN_FLIGHT, UNAUTHORIZED, ApiError
+from csm_service.edge.rate_limit import InflightLease, client_id
 from csm_service.edge.state import STATE, EdgeState
+from csm_service.tenants import Principal
+
+PRINCIPAL = "csm_principal"  # request[PRINCIPAL]: resolved once per request
+INFLIGHT_RETRY_S = 1.0  # an utterance usually ends within seconds; the client may try again then
 
 
 def admit_client(state: EdgeState, client: str, in_session: bool = False) -> None:
@@ -26,3 +32,44 @@ def admit(request: web.Request, in_session: bool = False) -> None:
     state = request.app[STATE]
     key = bearer_token(request.headers.get("Authorization")) if state.checker.enabled else None
     admit_client(state, client_id(key, request.remote), in_session)
+
+
+def request_principal(request: web.Request) -> Principal:
+    """The tenant behind an HTTP request (its bearer key); with keys off, the one implicit tenant.
+    ApiError 401 with keys on and no valid key (routes that need one never get here without)."""
+    principal = request.get(PRINCIPAL)
+    if principal is None:
+        state = request.app[STATE]
+        principal = state.checker.resolve(bearer_token(request.headers.get("Authorization")))
+        if principal is None:
+            raise ApiError(401, UNAUTHORIZED, "send Authorization: Bearer <API key>")
+        request[PRINCIPAL] = principal
+    return principal
+
+
+def inflight_client(principal: Principal, peer: str | None) -> str:
+    """Whose utterances count together: the tenant's (keys on), else the peer address's (keys off)."""
+    return f"tenant:{principal.tenant}" if principal.tenant is not None else f"peer:{peer or 'unknown'}"
+
+
+def hold_utterance(state: EdgeState, principal: Principal, peer: str | None) -> InflightLease:
+    """A place for one utterance among the client's in flight (``max_inflight_per_key``, or the
+    tenant's ``max_inflight`` from the key file); ApiError 429 with a retry hint when it has them
+    all. Release the lease when the utterance ends, however it ends."""
+    cap = state.cfg.max_inflight_per_key if principal.max_inflight is None else principal.max_inflight
+    lease = state.inflight.try_acquire(inflight_client(principal, peer), cap)
+    if lease is None:
+        who = "tenant" if principal.tenant is not None else "client address"
+        raise ApiError(
+            429,
+            TOO_MANY_IN_FLIGHT,
+            f"at most {cap} utterances in flight per {who}; retry when one has finished",
+            retry_after_s=INFLIGHT_RETRY_S,
+            outcome="rejected",
+        )
+    return lease
+
+
+def hold_request_utterance(request: web.Request) -> InflightLease:
+    """:func:`hold_utterance` for an HTTP request."""
+    return hold_utterance(request.app[STATE], request_principal(request), request.remote)

@@ -12,12 +12,15 @@ import signal
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CollectorRegistry
 
 from csm_service.auth import KeyChecker, bearer_token, grpc_metadata, warn_if_open
-from csm_service.config import ServiceConfig, api_keys
-from csm_service.edge import http_api, openai_api, openapi, playground, voices_api
+from csm_service.config import ServiceConfig, api_key_entries
+from csm_service.edge import access, http_api, openai_api, openapi, playground, voices_api
+from csm_service.edge.access import SELF_AUTH_PREFIXES
 from csm_service.edge.backend import Backend
+from csm_service.edge.connections import ConnectionLimits, GuardedAppRunner
 from csm_service.edge.errors import UNAUTHORIZED, ApiError
 from csm_service.edge.rate_limit import RateLimiter
 from csm_service.edge.state import STATE, EdgeState
@@ -34,33 +37,32 @@ MAX_SESSION_ID_CHARS = 256
 DRAIN_DEADLINE_DETAIL = "the server is shutting down: its call-drain deadline passed; reconnect to continue"
 FINAL_REPLY_WAIT_S = 5.0  # past the call-drain deadline: time for the final errors to be sent
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-OPEN_PATHS = ("/", "/health", "/ping", "/metrics", "/openapi.json", "/docs")  # no key needed
-# WebSockets check keys themselves: a query parameter or first message (native), or a Twilio
-# <Parameter name="api_key"> in the start event (Twilio sends no Authorization header).
-SELF_AUTH_PREFIXES = ("/v1/native/ws/", "/v1/twilio/media-stream")
 
 
 @web.middleware
 async def require_key(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """With API keys configured, HTTP routes other than OPEN_PATHS need ``Authorization: Bearer``.
-    The WebSocket routes check for themselves (SELF_AUTH_PREFIXES)."""
-    checker = request.app[STATE].checker
-    if checker.enabled and request.path not in OPEN_PATHS and not request.path.startswith(SELF_AUTH_PREFIXES):
-        if not checker.is_valid(bearer_token(request.headers.get("Authorization"))):
-            request.app[STATE].metrics.requests.labels(request.path.strip("/")[:32] or "root", "unauthorized").inc()
-            raise ApiError(401, UNAUTHORIZED, "send Authorization: Bearer <API key>")
+    """With API keys configured, HTTP routes other than the open ones (:mod:`.access`) need
+    ``Authorization: Bearer``. The WebSocket routes check for themselves (SELF_AUTH_PREFIXES).
+    The 401 is counted by route template: a client's paths never become metric labels."""
+    state = request.app[STATE]
+    path = request.path
+    needs_key = not access.is_open(path, state.cfg.public_metrics) and not path.startswith(SELF_AUTH_PREFIXES)
+    if state.checker.enabled and needs_key and not access.has_valid_key(request):
+        state.metrics.requests.labels(access.route_label(request), "unauthorized").inc()
+        raise ApiError(401, UNAUTHORIZED, "send Authorization: Bearer <API key>")
     return await handler(request)
 
 
 @web.middleware
 async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every error is JSON: aiohttp's own (404, 405, 413) and anything unexpected (500)."""
+    """Every error is JSON: aiohttp's own (404, 405, 413), a body aiohttp cannot read (a bad
+    Content-Encoding: 400), and anything unexpected (500)."""
     try:
         return await handler(request)
     except ApiError as err:
-        if request.path.startswith(openai_api.OPENAI_PATHS):
-            return openai_api.openai_error(err)
-        return http_api.error_response(err)
+        return _api_error(request, err)
+    except (HttpProcessingError, web.RequestPayloadError) as exc:  # from request.read() and friends
+        return _api_error(request, http_api.unreadable_body(exc))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -77,28 +79,37 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return web.json_response({"error": "Internal Server Error", "detail": "unexpected server error"}, status=500)
 
 
+def _api_error(request: web.Request, err: ApiError) -> web.Response:
+    if request.path.startswith(openai_api.OPENAI_PATHS):
+        return openai_api.openai_error(err)
+    return http_api.error_response(err)
+
+
 async def websocket(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     session_id = request.match_info["session_id"]
     if len(session_id) > MAX_SESSION_ID_CHARS:
         raise ApiError(400, "Invalid session id", f"session_id: at most {MAX_SESSION_ID_CHARS} characters")
     presented = bearer_token(request.headers.get("Authorization")) or request.query.get("api_key")
-    ws, serve = await open_websocket(request, state, presented, "websocket")
+    pending = state.checker.enabled and presented is None  # its key comes in the "auth" message
+    ws, serve = await open_websocket(request, state, presented, "websocket", pending=pending)
     if not serve:
         return ws
     session = WsSession(
         ws,
         session_id,
         state,
-        authenticated=not state.checker.enabled or presented is not None,
+        authenticated=not pending,
         api_key=presented if state.checker.enabled else None,
         peer=request.remote,
     )
-    state.sessions.add(session)
+    if not pending:  # a pending one joins the sessions once authenticated (EdgeState.promote)
+        state.sessions.add(session)
     state.metrics.sessions.inc()
     try:
         await session.run()
     finally:
+        state.pending.pop(ws, None)
         state.sessions.discard(session)
         state.metrics.sessions.dec()
     return ws
@@ -115,7 +126,7 @@ def build_app(
     app = web.Application(client_max_size=cfg.max_body_bytes, middlewares=[json_errors, require_key])
     metrics = metrics or EdgeMetrics(registry)
     backend = Backend(client, cfg.request_timeout_s, device_hint, on_replay=metrics.engine_replays.inc)
-    checker = checker or KeyChecker(api_keys(cfg))
+    checker = checker or KeyChecker(api_key_entries(cfg))
     limiter = RateLimiter(cfg.rate_limit_per_s, cfg.rate_limit_burst)
     state = EdgeState(cfg, backend, registry, metrics, checker, limiter)
     state.voices = VoiceStore(cfg.data_dir)
@@ -150,7 +161,8 @@ class EdgeServer:
     def __init__(self, app: web.Application, host: str, port: int, health_port: int = 0) -> None:
         self.app = app
         self.host, self.port, self.health_port = host, port, health_port
-        self.runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+        limits = ConnectionLimits.from_config(app[STATE].cfg)  # header/body deadlines, connection cap
+        self.runner = GuardedAppRunner(app, limits, handler_cancellation=True, access_log=None)
 
     async def start(self) -> None:
         await self.runner.setup()
@@ -191,9 +203,11 @@ class EdgeServer:
         await self._wait_for(state.is_idle, FINAL_REPLY_WAIT_S)  # the final errors reach the clients
 
     async def stop(self) -> None:
-        """Close every session with 1001 (going away), then the listeners."""
-        for session in list(self.app[STATE].sessions):
-            await session.ws.close(code=GOING_AWAY, message=b"server shutting down")
+        """Close every session (and every socket still authenticating) with 1001 (going away), then
+        the listeners."""
+        state = self.app[STATE]
+        for ws in [s.ws for s in state.sessions] + list(state.pending):
+            await ws.close(code=GOING_AWAY, message=b"server shutting down")
         await self.runner.cleanup()
 
 
@@ -202,7 +216,7 @@ async def run_edge(cfg: ServiceConfig) -> int:
     if not cfg.engine_addresses:
         log.error("no engine workers: pass --engine host:port[,host:port...] or set CSM_ENGINE")
         return 2
-    keys = api_keys(cfg)
+    keys = api_key_entries(cfg)  # grpc_metadata: the first admin key, else the first
     client = EngineClient(list(cfg.engine_addresses), metadata=grpc_metadata(keys), **client_policy(cfg))
     registry = CollectorRegistry()
     checker = KeyChecker(keys)

@@ -35,8 +35,10 @@ LOADING_RETRY_S = 5  # Retry-After while no engine worker serves (loading, resta
 HTTP_TITLES = {
     400: "Bad Request",
     401: "Unauthorized",
+    403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
+    408: "Request Timeout",
     409: "Conflict",
     413: "Payload Too Large",
     422: "Validation Error",
@@ -51,6 +53,7 @@ HTTP_TITLES = {
 OUTCOMES = {
     400: "bad_request",
     401: "unauthorized",
+    408: "timeout",
     413: "too_large",
     422: "invalid",
     426: "bad_request",

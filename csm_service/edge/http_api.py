@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import json
 import logging
 import time
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from csm_service import __version__
 from csm_service.audio.wav import wav_bytes
-from csm_service.edge.admission import admit
+from csm_service.edge import safe_json
+from csm_service.edge.access import has_valid_key
+from csm_service.edge.admission import admit, hold_request_utterance, request_principal
 from csm_service.edge.errors import INVALID_MESSAGE_FORMAT, LOADING_RETRY_S, ApiError
 from csm_service.edge.params import parse_speak
 from csm_service.edge.rate_limit import retry_after_header
@@ -34,6 +36,13 @@ def error_response(err: ApiError) -> web.Response:
     return web.json_response(err.http_body(), status=err.status, headers=headers or None)
 
 
+def _health_detail(request: web.Request) -> bool:
+    """Keys on: the detail (model, memory, load, version) only for a valid key or with
+    ``public_health_detail``; a load balancer needs status and code alone."""
+    state = request.app[STATE]
+    return not state.checker.enabled or state.cfg.public_health_detail or has_valid_key(request)
+
+
 async def health(request: web.Request) -> web.Response:
     """200 ``{"status": "healthy", "model_loaded": true, "device"}`` when a worker serves; else 503."""
     state = request.app[STATE]
@@ -47,10 +56,11 @@ async def health(request: web.Request) -> web.Response:
         else ("healthy" if info else ("unavailable" if backend.has_been_ready else "loading")),
         "model_loaded": info is not None,
         "device": backend.device,
-        "version": __version__,
-        "websocket_sessions": len(state.sessions),
     }
-    if info is not None:
+    detail = _health_detail(request)
+    if detail:
+        body.update(version=__version__, websocket_sessions=len(state.sessions))
+    if info is not None and detail:
         body.update(
             model=info.model,
             device_name=info.device_name,
@@ -80,17 +90,42 @@ async def ping(request: web.Request) -> web.Response:
     return web.json_response({"status": "unavailable"}, status=503, headers=RETRY_LATER)
 
 
+def unreadable_body(exc: Exception) -> ApiError:
+    """A body aiohttp could not read (a broken gzip/deflate Content-Encoding, a bad chunk): 400."""
+    cause = exc.__cause__ if isinstance(exc, web.RequestPayloadError) and exc.__cause__ else exc
+    reason = cause.message if isinstance(cause, HttpProcessingError) else str(cause)
+    log.info("unreadable request body: %s", reason)
+    # The rest of the body cannot be read either: the connection closes after this answer.
+    return ApiError(400, INVALID_MESSAGE_FORMAT, f"unreadable request body: {reason}", headers={"Connection": "close"})
+
+
+class _AnsweredBodyErrors(logging.Filter):
+    """After a handler has answered an unreadable body with 400, aiohttp reads on to discard the
+    rest, meets the same error and logs it as "Unhandled exception" with a traceback. It is the
+    client's fault and already answered (and logged once, above): drop that record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], web.RequestPayloadError))
+
+
+logging.getLogger("aiohttp.server").addFilter(_AnsweredBodyErrors())
+
+
 async def read_json(request: web.Request) -> object:
-    """The request body as JSON; ApiError 413 when too large, 400 when not JSON."""
+    """The request body as JSON; ApiError 413 when too large, 400 when not JSON, not UTF-8,
+    nested deeper than ``max_json_depth``, holding a lone surrogate, or not decodable (a bad
+    gzip/deflate Content-Encoding)."""
+    cfg = request.app[STATE].cfg
     try:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
-        limit = request.app[STATE].cfg.max_body_bytes
-        raise ApiError(413, "Request too large", f"the body is limited to {limit} bytes") from None
+        raise ApiError(413, "Request too large", f"the body is limited to {cfg.max_body_bytes} bytes") from None
+    except (HttpProcessingError, web.RequestPayloadError) as exc:
+        raise unreadable_body(exc) from None
     try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError(400, INVALID_MESSAGE_FORMAT, f"invalid JSON: {exc}") from None
+        return safe_json.loads(raw, cfg.max_json_depth)
+    except safe_json.JsonError as exc:
+        raise ApiError(400, INVALID_MESSAGE_FORMAT, str(exc)) from None
 
 
 async def synthesize(request: web.Request) -> web.Response:
@@ -109,11 +144,12 @@ async def _synthesize(request: web.Request, started: float) -> web.Response:
         admit(request)
         params = parse_speak(await read_json(request), state.cfg.max_text_chars, state.cfg.max_audio_length_ms)
         fmt = params.output_format
-        voice = lookup_voice(state, params.voice_profile_id)
+        voice = lookup_voice(state, params.voice_profile_id, request_principal(request))
+        lease = hold_request_utterance(request)  # released when the utterance ends, however it ends
         utterance = speak(
             state.backend, synthesis_request(params, fmt.encoding, voice), state.cfg.max_piece_chars, spoken
         )
-        async with contextlib.aclosing(utterance) as chunks:
+        async with lease, contextlib.aclosing(utterance) as chunks:
             async for chunk in chunks:
                 parts.append(chunk.audio)
                 duration_ms += chunk.duration_ms

@@ -34,7 +34,7 @@ from csm_service.audio.encoder import ALAW_8K, MULAW_8K, StreamEncoder
 from csm_service.audio.stretch import MAX_SPEED, MIN_SPEED, TimeStretch
 from csm_service.audio.wav import float_to_pcm16
 from csm_service.config import FRAME_MS
-from csm_service.edge.admission import admit
+from csm_service.edge.admission import admit, hold_request_utterance, request_principal
 from csm_service.edge.errors import INVALID_MESSAGE_FORMAT, ApiError
 from csm_service.edge.http_api import read_json
 from csm_service.edge.params import DEFAULT_VOICE, SpeakParams, parse_speak
@@ -44,6 +44,8 @@ from csm_service.edge.state import STATE, EdgeState
 from csm_service.edge.voices_api import lookup_voice, synthesis_request
 from csm_service.rpc.formats import FINISH_REASON_NAMES
 from csm_service.rpc.gen.csm.v1 import tts_pb2 as pb
+from csm_service.tenants import Principal
+from csm_service.voices import VoiceStore
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,7 @@ MS_PER_CHAR, MIN_DEFAULT_MS = 150, 5_000  # default audio budget: ~2.5x a normal
 EXTENSION_FIELDS = ("seed", "temperature", "top_k", "speaker", "max_audio_length_ms", "raw_text")
 MODEL_ID = "csm-1b"
 MAX_MODEL_CHARS = 256
+MAX_LISTED_VOICES = 500  # GET /v1/audio/voices has no pagination in Open WebUI's shape
 LISTED_SINCE = int(time.time())  # "created" in the model list
 
 
@@ -82,8 +85,17 @@ class SpeechRequest:
     sse: bool
 
 
-def _voice_id(state: EdgeState, voice: object) -> str:
-    """OpenAI's ``voice`` -> a voice_profile_id: stock names and "default" are the default voice."""
+def _stored_voice_ids(store: VoiceStore, name: str, scope: str | None) -> list[str]:
+    """The profile with id ``name``, else those named ``name`` (at most 2), that ``scope`` may see:
+    two indexed queries, run off the event loop."""
+    if store.get(name, scope) is not None:
+        return [name]
+    return store.find_by_name(name, scope, limit=2)
+
+
+async def _voice_id(state: EdgeState, voice: object, principal: Principal) -> str:
+    """OpenAI's ``voice`` -> a voice_profile_id: stock names and "default" are the default voice;
+    else a profile's id or name among those the caller's tenant may use."""
     if isinstance(voice, dict):
         voice = voice.get("id")
     if not isinstance(voice, str) or not voice.strip():
@@ -91,16 +103,14 @@ def _voice_id(state: EdgeState, voice: object) -> str:
     name = voice.strip()
     if name.lower() in (DEFAULT_VOICE, *OPENAI_VOICES):
         return DEFAULT_VOICE
-    if state.voices.get(name) is not None:
-        return name
-    matches = [v.voice_id for v in state.voices.list() if v.name.lower() == name.lower()]
+    matches = await asyncio.to_thread(_stored_voice_ids, state.voices, name, principal.voice_scope)
     if len(matches) == 1:
         return matches[0]
-    detail = f"{len(matches)} voice profiles are named {name[:80]!r}; use an id" if matches else "unknown voice"
+    detail = f"several voice profiles are named {name[:80]!r}; use an id" if matches else "unknown voice"
     raise ApiError(400, INVALID_MESSAGE_FORMAT, f"voice: {detail} {name[:80]!r}", "voice")
 
 
-def parse_speech(body: object, state: EdgeState) -> SpeechRequest:
+async def parse_speech(body: object, state: EdgeState, principal: Principal) -> SpeechRequest:
     """An OpenAI speech request body -> SpeechRequest; ApiError 400 naming the bad parameter."""
     if not isinstance(body, dict):
         raise ApiError(400, INVALID_MESSAGE_FORMAT, f"expected a JSON object, got {type(body).__name__}")
@@ -133,7 +143,7 @@ def parse_speech(body: object, state: EdgeState) -> SpeechRequest:
             raise _invalid(field, "must be a string")
     cfg = state.cfg
     default_ms = min(cfg.max_audio_length_ms, max(MIN_DEFAULT_MS, len(text) * MS_PER_CHAR) // FRAME_MS * FRAME_MS)
-    native = {"text": text, "voice_profile_id": _voice_id(state, body.get("voice"))}
+    native = {"text": text, "voice_profile_id": await _voice_id(state, body.get("voice"), principal)}
     native.update({k: body[k] for k in EXTENSION_FIELDS if body.get(k) is not None})
     native.setdefault("max_audio_length_ms", default_ms)
     try:
@@ -183,15 +193,17 @@ async def _create_speech(request: web.Request, state: EdgeState) -> web.StreamRe
     spoken = Spoken()
     try:
         admit(request)
-        speech = parse_speech(await read_json(request), state)
-        voice = lookup_voice(state, speech.params.voice_profile_id)
+        principal = request_principal(request)
+        speech = await parse_speech(await read_json(request), state, principal)
+        voice = lookup_voice(state, speech.params.voice_profile_id, principal)
+        audio = SpeechAudio(speech.file_format, speech.speed)
+        engine_request = synthesis_request(speech.params, audio.engine_encoding, voice)
+        lease = hold_request_utterance(request)  # released when the utterance ends, however it ends
     except ApiError as err:
         state.metrics.requests.labels("openai_speech", err.outcome).inc()
         return openai_error(err)
-    audio = SpeechAudio(speech.file_format, speech.speed)
-    engine_request = synthesis_request(speech.params, audio.engine_encoding, voice)
     utterance = speak(state.backend, engine_request, state.cfg.max_piece_chars, spoken)
-    async with contextlib.aclosing(utterance) as chunks:
+    async with lease, contextlib.aclosing(utterance) as chunks:
         try:  # nothing is sent before the first chunk, so early failures are proper HTTP errors
             first = await anext(chunks)
         except ApiError as err:
@@ -272,8 +284,10 @@ def _sse_delta(data: bytes) -> bytes:
 
 
 async def list_voices(request: web.Request) -> web.Response:
-    """Open WebUI's shape: ``{"voices": [{"id", "name"}]}`` (the default, then stored profiles)."""
-    stored = await asyncio.to_thread(request.app[STATE].voices.list)
+    """Open WebUI's shape: ``{"voices": [{"id", "name"}]}`` (the default, then the caller's
+    tenant's stored profiles, the oldest MAX_LISTED_VOICES; GET /v1/voices pages through all)."""
+    scope = request_principal(request).voice_scope
+    stored = await asyncio.to_thread(request.app[STATE].voices.page, scope, MAX_LISTED_VOICES)
     voices = [{"id": DEFAULT_VOICE, "name": "Default"}, *({"id": v.voice_id, "name": v.name} for v in stored)]
     return web.json_response({"voices": voices})
 

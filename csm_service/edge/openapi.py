@@ -14,6 +14,7 @@ from csm_service.config import NUM_MIMI_CODES
 from csm_service.edge.openapi_ecosystem import ecosystem_paths, ecosystem_schemas
 from csm_service.edge.openapi_parts import error_doc as _error
 from csm_service.edge.openapi_parts import json_body as _json
+from csm_service.edge.openapi_parts import secure
 from csm_service.edge.params import (
     DEFAULT_MAX_AUDIO_MS,
     ENGINE_MAX_AUDIO_MS,
@@ -46,7 +47,13 @@ SCHEMAS: dict[str, dict] = {
     "VoiceList": {
         "type": "object",
         "required": ["voices"],
-        "properties": {"voices": {"type": "array", "items": {"$ref": "#/components/schemas/Voice"}}},
+        "properties": {
+            "voices": {"type": "array", "items": {"$ref": "#/components/schemas/Voice"}},
+            "next_cursor": {
+                "type": ["string", "null"],
+                "description": "Pass as cursor for the next page; null on the last page",
+            },
+        },
     },
     "VoiceUpload": {
         "type": "object",
@@ -67,9 +74,10 @@ SCHEMAS: dict[str, dict] = {
         "type": "object",
         "required": ["status", "model_loaded", "device"],
         "properties": {
-            "status": {"type": "string", "enum": ["healthy", "loading", "unavailable"]},
+            "status": {"type": "string", "enum": ["healthy", "loading", "unavailable", "draining"]},
             "model_loaded": {"type": "boolean"},
             "device": {"type": "string", "examples": ["cuda", "cpu"]},
+            # The rest: keys off, a valid bearer key, or --public-health-detail.
             "version": {"type": "string"},
             "websocket_sessions": {"type": "integer"},
             "model": {"type": "string"},
@@ -157,6 +165,11 @@ SCHEMAS: dict[str, dict] = {
     },
 }
 
+KEYS_ON_NOTE = (
+    " This server requires an API key: `Authorization: Bearer <key>` on every operation that lists"
+    " security (the native WebSocket also takes `?api_key=` or a first `auth` message; a Twilio stream"
+    ' takes `<Parameter name="api_key">`). /health without a key says only status, model_loaded and device.'
+)
 WEBSOCKET_DOC = """Real-time synthesis. Client messages (JSON text frames):
 `{"type": "synthesize", "text", "voice_profile_id"?, "stream"?, "request_id"?, "speaker"?,
 "max_audio_length_ms"?, "temperature"?, "top_k"?, "seed"?, "context"?: "session", "raw_text"?}`,
@@ -179,9 +192,14 @@ a quiet session open)."""
 
 
 def build_spec(
-    max_audio_ms: int = ENGINE_MAX_AUDIO_MS, max_text_chars: int | None = None, voice_ids: tuple[str, ...] = ()
+    max_audio_ms: int = ENGINE_MAX_AUDIO_MS,
+    max_text_chars: int | None = None,
+    voice_ids: tuple[str, ...] = (),
+    keys_on: bool = False,
+    public_metrics: bool = False,
 ) -> dict:
-    """The spec, with this server's own bounds and voice profiles in the request schema."""
+    """The spec, with this server's own bounds and voice profiles in the request schema, and each
+    operation's security as this server enforces it (``keys_on``: API keys are configured)."""
     schemas = copy.deepcopy(SCHEMAS)
     props = schemas["SynthesizeRequest"]["properties"]
     props["voice_profile_id"]["enum"] += list(voice_ids)
@@ -228,7 +246,6 @@ def build_spec(
                 "post": {
                     "summary": "Synthesize speech from text",
                     "operationId": "synthesize",
-                    "security": [{}, {"bearer": []}],
                     "requestBody": {"required": True, **_json({"$ref": "#/components/schemas/SynthesizeRequest"})},
                     "responses": {
                         "200": {
@@ -239,7 +256,7 @@ def build_spec(
                         "401": _error("API keys are configured and none or a wrong one was sent"),
                         "413": _error("Request body too large"),
                         "422": _error("Field validation failed"),
-                        "429": _error("Rate limit exceeded for this API key (Retry-After)"),
+                        "429": _error("Rate limit, or the tenant's utterances in flight, exceeded (Retry-After)"),
                         "500": _error("Synthesis failed"),
                         "503": _error("Model not loaded, or overloaded (Retry-After)"),
                         "504": _error("Synthesis took longer than the request timeout"),
@@ -250,7 +267,6 @@ def build_spec(
                 "get": {
                     "summary": "WebSocket: real-time synthesis (G.711 mu-law 8 kHz)",
                     "operationId": "native_websocket",
-                    "security": [{}, {"bearer": []}, {"api_key": []}],
                     "description": WEBSOCKET_DOC,
                     "parameters": [
                         {
@@ -272,18 +288,36 @@ def build_spec(
             },
             "/v1/voices": {
                 "get": {
-                    "summary": "List voice profiles (the built-in default first)",
+                    "summary": "List the caller's tenant's voice profiles, a page at a time (the built-in default first)",
                     "operationId": "list_voices",
-                    "security": [{}, {"bearer": []}],
+                    "parameters": [
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "required": False,
+                            "description": "profiles per page (default 100)",
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 500},
+                        },
+                        {
+                            "name": "cursor",
+                            "in": "query",
+                            "required": False,
+                            "description": "the previous page's next_cursor",
+                            "schema": {
+                                "type": "string",
+                                "pattern": "^[0-9]{1,20}(\\.[0-9]{1,20})?-[A-Za-z0-9_]{1,64}$",
+                            },
+                        },
+                    ],
                     "responses": {
                         "200": {"description": "The profiles", **_json({"$ref": "#/components/schemas/VoiceList"})},
+                        "400": _error("limit or cursor is not valid"),
                         "401": _error("API keys are configured and none or a wrong one was sent"),
                     },
                 },
                 "post": {
                     "summary": "Create a voice profile from a recording and its transcript",
                     "operationId": "create_voice",
-                    "security": [{}, {"bearer": []}],
                     "requestBody": {
                         "required": True,
                         "content": {"multipart/form-data": {"schema": {"$ref": "#/components/schemas/VoiceUpload"}}},
@@ -292,6 +326,7 @@ def build_spec(
                         "201": {"description": "Created", **_json({"$ref": "#/components/schemas/Voice"})},
                         "400": _error("Not multipart, or the file is missing"),
                         "401": _error("API keys are configured and none or a wrong one was sent"),
+                        "409": _error("The tenant has its maximum number of voice profiles"),
                         "413": _error("Upload too large"),
                         "422": _error("Not readable audio, too short or too long, or a bad field"),
                         "429": _error("Rate limit exceeded for this API key (Retry-After)"),
@@ -303,7 +338,6 @@ def build_spec(
                 "get": {
                     "summary": "One voice profile",
                     "operationId": "get_voice",
-                    "security": [{}, {"bearer": []}],
                     "parameters": [
                         VOICE_ID,
                         {"name": "include_codes", "in": "query", "required": False, "schema": {"type": "boolean"}},
@@ -318,10 +352,10 @@ def build_spec(
                 "delete": {
                     "summary": "Delete a voice profile",
                     "operationId": "delete_voice",
-                    "security": [{}, {"bearer": []}],
                     "parameters": [VOICE_ID],
                     "responses": {
                         "204": {"description": "Deleted"},
+                        "403": _error("A shared profile (no owner) is deleted with an admin key"),
                         "409": _error("The built-in default voice cannot be deleted"),
                         "401": _error("API keys are configured and none or a wrong one was sent"),
                         "404": _error("Unknown voice profile"),
@@ -338,20 +372,27 @@ def build_spec(
         },
         "components": {
             "schemas": schemas,
-            "securitySchemes": {  # only enforced when the server has API keys (CSM_API_KEYS)
+            "securitySchemes": {  # required by the operations that say so (keys on: all but the open routes)
                 "bearer": {"type": "http", "scheme": "bearer"},
                 "api_key": {"type": "apiKey", "in": "query", "name": "api_key"},
             },
         },
     }
     spec["paths"].update(ecosystem_paths())
+    secure(spec["paths"], keys_on, public_metrics)
+    spec["info"]["description"] += KEYS_ON_NOTE if keys_on else " This server runs without API keys."
     return spec
 
 
 async def openapi_json(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    voice_ids = tuple(await asyncio.to_thread(state.voices.ids)) if state.voices else ()
-    return web.json_response(build_spec(state.cfg.max_audio_length_ms, state.cfg.max_text_chars, voice_ids))
+    keys_on = state.checker.enabled
+    # Voice ids are the tenants' data: an open route lists them only on a server without keys.
+    voice_ids = tuple(await asyncio.to_thread(state.voices.ids)) if state.voices and not keys_on else ()
+    spec = build_spec(
+        state.cfg.max_audio_length_ms, state.cfg.max_text_chars, voice_ids, keys_on, state.cfg.public_metrics
+    )
+    return web.json_response(spec)
 
 
 def _render_schema(schema: dict, spec: dict) -> str:
@@ -398,7 +439,7 @@ def render_docs(spec: dict) -> str:
 
 
 async def docs(request: web.Request) -> web.Response:
-    cfg = request.app[STATE].cfg
-    return web.Response(
-        text=render_docs(build_spec(cfg.max_audio_length_ms, cfg.max_text_chars)), content_type="text/html"
-    )
+    state = request.app[STATE]
+    cfg = state.cfg
+    spec = build_spec(cfg.max_audio_length_ms, cfg.max_text_chars, (), state.checker.enabled, cfg.public_metrics)
+    return web.Response(text=render_docs(spec), content_type="text/html")

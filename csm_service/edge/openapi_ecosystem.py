@@ -118,14 +118,13 @@ def ecosystem_paths() -> dict:
             "post": {
                 "summary": "OpenAI-compatible text to speech",
                 "operationId": "openai_speech",
-                "security": [{}, {"bearer": []}],
                 "requestBody": {"required": True, **_json({"$ref": "#/components/schemas/SpeechRequest"})},
                 "responses": {
                     "200": audio_200,
                     "400": _openai_error("Invalid request (the param is named)"),
                     "401": _openai_error("API keys are configured and none or a wrong one was sent"),
                     "413": _openai_error("Request body too large"),
-                    "429": _openai_error("Rate limit exceeded (Retry-After)"),
+                    "429": _openai_error("Rate limit, or the tenant's utterances in flight, exceeded (Retry-After)"),
                     "500": _openai_error("Synthesis failed"),
                     "503": _openai_error("Model not loaded, or overloaded"),
                     "504": _openai_error("Synthesis took longer than the request timeout"),
@@ -136,7 +135,6 @@ def ecosystem_paths() -> dict:
             "get": {
                 "summary": "Voices for OpenAI-style clients (Open WebUI)",
                 "operationId": "openai_voices",
-                "security": [{}, {"bearer": []}],
                 "responses": {
                     "200": {"description": "The voices", **_json({"$ref": "#/components/schemas/AudioVoices"})},
                     "401": _openai_error("API keys are configured and none or a wrong one was sent"),
@@ -147,7 +145,6 @@ def ecosystem_paths() -> dict:
             "get": {
                 "summary": "Speech models for Open WebUI",
                 "operationId": "openai_audio_models",
-                "security": [{}, {"bearer": []}],
                 "responses": {
                     "200": {"description": "The model", **_json({"type": "object", "required": ["models"]})},
                     "401": _openai_error("API keys are configured and none or a wrong one was sent"),
@@ -158,7 +155,6 @@ def ecosystem_paths() -> dict:
             "get": {
                 "summary": "OpenAI's model list",
                 "operationId": "openai_models",
-                "security": [{}, {"bearer": []}],
                 "responses": {
                     "200": {"description": "The model", **_json({"type": "object", "required": ["object", "data"]})},
                     "401": _openai_error("API keys are configured and none or a wrong one was sent"),
@@ -181,7 +177,6 @@ def ecosystem_paths() -> dict:
             "get": {
                 "summary": "Calls connected to this edge",
                 "operationId": "list_calls",
-                "security": [{}, {"bearer": []}],
                 "responses": {
                     "200": {"description": "stream and call SIDs", **_json({"type": "object", "required": ["calls"]})},
                     "401": _error("API keys are configured and none or a wrong one was sent"),
@@ -192,7 +187,6 @@ def ecosystem_paths() -> dict:
             "get": {
                 "summary": "A call: its parameters, DTMF, and every utterance's state",
                 "operationId": "get_call",
-                "security": [{}, {"bearer": []}],
                 "parameters": [STREAM_SID],
                 "responses": {
                     "200": {"description": "The call", **_json({"type": "object", "required": ["utterances"]})},
@@ -205,7 +199,6 @@ def ecosystem_paths() -> dict:
             "post": {
                 "summary": "Say something on a call (queued; with interrupt, barge in first)",
                 "operationId": "call_say",
-                "security": [{}, {"bearer": []}],
                 "parameters": [STREAM_SID],
                 "requestBody": {"required": True, **_json({"$ref": "#/components/schemas/SayRequest"})},
                 "responses": {
@@ -215,7 +208,7 @@ def ecosystem_paths() -> dict:
                     "404": call_404,
                     "413": _error("Request body too large"),
                     "422": _error("Field validation failed"),
-                    "429": _error("Rate limit exceeded (Retry-After)"),
+                    "429": _error("Rate limit, or the tenant's utterances in flight, exceeded (Retry-After)"),
                     "503": _error("Shutting down"),
                 },
             }
@@ -224,7 +217,6 @@ def ecosystem_paths() -> dict:
             "post": {
                 "summary": "Barge in: clear Twilio's buffer, cancel generation, drop the queue",
                 "operationId": "call_clear",
-                "security": [{}, {"bearer": []}],
                 "parameters": [STREAM_SID],
                 "responses": {
                     "200": {"description": "What was cut", **_json({"type": "object", "required": ["cleared"]})},

@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 from csm_service.auth import KeyChecker
 from csm_service.config import ServiceConfig
 from csm_service.edge.backend import Backend
-from csm_service.edge.rate_limit import RateLimiter
+from csm_service.edge.rate_limit import InflightLimiter, RateLimiter
 from csm_service.metrics import EdgeMetrics
 from csm_service.voices import VoiceStore
 
@@ -25,8 +25,12 @@ class EdgeState:
     metrics: EdgeMetrics
     checker: KeyChecker = field(default_factory=lambda: KeyChecker(()))
     limiter: RateLimiter = field(default_factory=lambda: RateLimiter(0.0, 1))
+    inflight: InflightLimiter = field(default_factory=lambda: InflightLimiter(0))  # admission.hold_utterance
     voices: VoiceStore | None = None  # type: ignore[assignment]
-    sessions: set = field(default_factory=set)  # open WsSession and TwilioCall objects
+    sessions: set = field(default_factory=set)  # open WsSession and TwilioCall objects, authenticated
+    # WebSockets not yet authenticated (ws_gate.admit_pending), oldest first: socket -> Event set when
+    # a newer one pushed it out of the max_unauthenticated_sessions budget.
+    pending: dict = field(default_factory=dict)
     calls: dict = field(default_factory=dict)  # streamSid -> TwilioCall
     draining: bool = False  # SIGTERM: refuse new work, let accepted work finish
     http_inflight: int = 0  # HTTP synthesis requests being answered
@@ -39,6 +43,15 @@ class EdgeState:
             yield
         finally:
             self.http_inflight -= 1
+
+    def promote(self, ws: web.WebSocketResponse, session: object) -> bool:
+        """An unauthenticated WebSocket proved its key: it leaves the pending budget and becomes one of
+        ``sessions`` -> False if it was pushed out meanwhile or ``max_sessions`` are open."""
+        if ws not in self.pending or len(self.sessions) >= self.cfg.max_sessions:
+            return False
+        del self.pending[ws]
+        self.sessions.add(session)
+        return True
 
     def is_idle(self) -> bool:
         """No accepted request is still unanswered (HTTP or any WebSocket session)."""

@@ -22,12 +22,14 @@ from dataclasses import dataclass, field
 
 from aiohttp import WSMsgType, web
 
-from csm_service.edge.admission import admit_client
+from csm_service.edge import safe_json
+from csm_service.edge.admission import admit_client, hold_utterance
 from csm_service.edge.errors import (
     INVALID_MESSAGE_FORMAT,
     MESSAGE_TOO_LARGE,
     SYNTHESIS_FAILED,
     TOO_MANY_IN_FLIGHT,
+    TOO_MANY_SESSIONS,
     UNKNOWN_TYPE,
     ApiError,
 )
@@ -36,7 +38,14 @@ from csm_service.edge.rate_limit import client_id
 from csm_service.edge.speech import Spoken, speak
 from csm_service.edge.state import EdgeState
 from csm_service.edge.voices_api import caller_turn, lookup_voice, synthesis_request
-from csm_service.edge.ws_gate import NORMAL_CLOSURE, POLICY_VIOLATION
+from csm_service.edge.ws_gate import (
+    NORMAL_CLOSURE,
+    POLICY_VIOLATION,
+    PUSHED_OUT,
+    TRY_AGAIN_LATER,
+    close_unless_authenticated,
+    settle,
+)
 from csm_service.rpc.formats import FINISH_REASON_NAMES
 from csm_service.rpc.gen.csm.v1 import tts_pb2 as pb
 
@@ -102,6 +111,7 @@ class WsSession:
         self.ws = ws
         self.authenticated = authenticated
         self.client = client_id(api_key, peer)  # the rate limiter's bucket
+        self.principal = state.checker.resolve(api_key)  # its tenant; None until an auth message names it
         self.peer = peer
         self.last_activity = time.monotonic()  # last message in or last request answered
         self.session_id = session_id
@@ -156,12 +166,10 @@ class WsSession:
                 if self.closing:
                     break
         finally:
+            # Every task of the session is cancelled before the first await, and waited for (the jobs
+            # release their engine calls) even if this handler is cancelled meanwhile: see settle.
             self._cancel_jobs(None)
-            await asyncio.sleep(0)  # let cancelled jobs release their engine calls
-            sender.cancel()
-            for task in (deadline, idle):
-                if task is not None:
-                    task.cancel()
+            await settle(sender, deadline, idle, *(job.task for job in self.jobs))
             if not self.ws.closed:
                 await self.ws.close()
 
@@ -177,11 +185,11 @@ class WsSession:
                 ).ws_message()
             )
             return
-        try:
-            message = json.loads(data)
-        except ValueError as exc:
+        try:  # never raises past JsonError: a nested or odd message gets an error, the session lives
+            message = safe_json.loads(data, self.cfg.max_json_depth)
+        except safe_json.JsonError as exc:
             self._count("invalid")
-            await self.send(ApiError(400, INVALID_MESSAGE_FORMAT, f"invalid JSON: {exc}").ws_message())
+            await self.send(ApiError(400, INVALID_MESSAGE_FORMAT, str(exc)).ws_message())
             return
         kind = message.get("type") if isinstance(message, dict) else None
         if not isinstance(kind, str):
@@ -227,16 +235,28 @@ class WsSession:
                 return
 
     async def _auth_deadline(self) -> None:
-        await asyncio.sleep(self.cfg.ws_auth_timeout_s)
-        if not self.authenticated:
-            await self.ws.close(code=POLICY_VIOLATION, message=b"authentication timed out")
+        """Close the session if no valid ``auth`` came within ``ws_auth_timeout_s``, or at once if a
+        newer unauthenticated socket pushed this one out of their budget (ws_gate.admit_pending)."""
+        pushed_out = self.state.pending.get(self.ws) or asyncio.Event()
+        timeout = self.cfg.ws_auth_timeout_s
+        await close_unless_authenticated(
+            self.ws, pushed_out, timeout, lambda: self.authenticated, b"authentication timed out"
+        )
 
     async def _on_auth(self, message: dict | None) -> None:
         """The first message of a session opened without a key must be a valid ``auth``."""
         key = message.get("api_key") if message is not None else None
         if isinstance(key, str) and self.state.checker.is_valid(key):
+            still_pending = self.ws in self.state.pending
+            if not self.state.promote(self.ws, self):  # pushed out meanwhile, or max_sessions are open
+                self.state.metrics.requests.labels("websocket", "rejected").inc()
+                full = f"{TOO_MANY_SESSIONS} (at most {self.cfg.max_sessions})".encode()
+                await self.ws.close(code=TRY_AGAIN_LATER, message=full if still_pending else PUSHED_OUT)
+                self.closing = True
+                return
             self.authenticated = True
             self.client = client_id(key, self.peer)
+            self.principal = self.state.checker.resolve(key)
             await self.send({"type": "authenticated"})
             return
         self.state.metrics.requests.labels("websocket", "unauthorized").inc()
@@ -257,7 +277,8 @@ class WsSession:
                     f"at most {self.cfg.max_inflight_per_session} synthesize requests per session at once",
                     outcome="rejected",
                 )
-            voice = lookup_voice(self.state, params.voice_profile_id)
+            voice = lookup_voice(self.state, params.voice_profile_id, self.principal)
+            lease = hold_utterance(self.state, self.principal, self.peer)  # the tenant's share of the engine
         except ApiError as err:
             self.state.metrics.requests.labels("ws_synthesize", err.outcome).inc()
             await self.send(err.ws_message(echo_id))
@@ -272,11 +293,14 @@ class WsSession:
         self.history.append(job.turn)
         self.jobs.append(job)
         job.task = asyncio.create_task(self._produce(job))
+        job.task.add_done_callback(lambda _: lease.release())  # cancelled before it ran, too
         self.ready_jobs.put_nowait(job)
 
     async def _on_context(self, message: dict) -> None:
         """A caller turn for the conversation: transcript, and optionally its audio."""
         try:
+            if message.get("audio_base64") is not None:  # decoding and encoding it cost like a synthesis
+                admit_client(self.state, self.client, in_session=True)
             segment = await caller_turn(self.state, message)
         except ApiError as err:
             await self.send(err.ws_message())

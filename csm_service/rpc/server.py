@@ -27,7 +27,7 @@ from grpc_reflection.v1alpha import reflection
 
 from csm_service import __version__
 from csm_service.audio.encoder import StreamEncoder
-from csm_service.auth import GrpcKeyInterceptor, KeyChecker
+from csm_service.auth import CURRENT_PRINCIPAL, CallerLimits, GrpcKeyInterceptor, KeyChecker
 from csm_service.config import ServiceConfig
 from csm_service.engine.engine import Engine
 from csm_service.engine.request import (
@@ -90,8 +90,11 @@ class TextToSpeechServicer(tts_pb2_grpc.TextToSpeechServicer):
         return engine
 
     async def _apply_voice(self, request: pb.SynthesizeRequest, context: grpc.aio.ServicerContext) -> None:
-        """Put the stored profile's prompt first in the context, as the cached prefix."""
-        voice = await asyncio.to_thread(self.voices.get, request.voice_profile_id) if self.voices else None
+        """Put the stored profile's prompt first in the context, as the cached prefix. The caller's
+        tenant must be allowed to use it (GrpcKeyInterceptor sets the principal; an edge's admin or
+        internal key sees every profile, and the edge has checked the tenant itself)."""
+        scope = CURRENT_PRINCIPAL.get().voice_scope
+        voice = await asyncio.to_thread(self.voices.get, request.voice_profile_id, scope) if self.voices else None
         if voice is None:
             await self._abort(
                 context,
@@ -303,6 +306,16 @@ def server_policy(cfg: ServiceConfig) -> dict[str, float]:
     }
 
 
+def caller_limits(cfg: ServiceConfig) -> CallerLimits:
+    """The gRPC port's per-caller limits: ``grpc_max_inflight_per_key`` (-1: the engine's
+    ``max_batch + max_queue // 2``, so one caller leaves half the queue to the others) and the
+    edge's request rate (``rate_limit_per_s``, ``rate_limit_burst``)."""
+    cap = cfg.grpc_max_inflight_per_key
+    if cap < 0:
+        cap = cfg.engine.max_batch + cfg.engine.max_queue // 2
+    return CallerLimits(max_inflight=cap, rate_per_s=cfg.rate_limit_per_s, burst=cfg.rate_limit_burst)
+
+
 class EngineServer:
     """The grpc.aio server around one engine, with health and reflection."""
 
@@ -315,13 +328,18 @@ class EngineServer:
         voices: VoiceStore | None = None,
         *,
         options: list[tuple[str, int]] | None = None,
+        limits: CallerLimits | None = None,
         **policy: float,
     ) -> None:
         """``policy``: :func:`server_options`' keywords (:func:`server_policy` gives them from the
-        configuration). ``options`` replaces the gRPC arguments built from them (tests use it)."""
+        configuration). ``options`` replaces the gRPC arguments built from them (tests use it).
+        ``limits``: what one caller may hold (:func:`caller_limits` gives them from the configuration)."""
         self.servicer = TextToSpeechServicer(metrics, model, voices)
         self.health = HealthServicer()
-        interceptors = [GrpcKeyInterceptor(checker)] if checker is not None and checker.enabled else []
+        checker = checker or KeyChecker(())
+        limits = limits or CallerLimits()
+        needed = checker.enabled or limits.active  # keys off and no limits: nothing to check
+        interceptors = [GrpcKeyInterceptor(checker, limits)] if needed else []
         if options is None:
             options = server_options(**policy)  # type: ignore[arg-type]
         self.server = grpc.aio.server(options=options, interceptors=interceptors)

@@ -9,11 +9,11 @@ import signal
 from prometheus_client import CollectorRegistry, start_http_server
 
 from csm_service.auth import KeyChecker, warn_if_open
-from csm_service.config import EngineConfig, ServiceConfig, api_keys
+from csm_service.config import EngineConfig, ServiceConfig, api_key_entries
 from csm_service.engine.build import build_engine
 from csm_service.engine.engine import Engine
 from csm_service.metrics import EngineMetrics
-from csm_service.rpc.server import EngineServer, server_policy
+from csm_service.rpc.server import EngineServer, caller_limits, server_policy
 from csm_service.voices import VoiceStore
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ async def load_engine(server: EngineServer, cfg: EngineConfig, stop: asyncio.Eve
 async def run_engine_worker(cfg: ServiceConfig) -> int:
     registry = CollectorRegistry()
     metrics = EngineMetrics(registry)
-    checker = KeyChecker(api_keys(cfg))
+    checker = KeyChecker(api_key_entries(cfg))
     warn_if_open(checker, cfg.grpc_host, "the gRPC engine worker")
     server = EngineServer(
         metrics,
@@ -56,6 +56,7 @@ async def run_engine_worker(cfg: ServiceConfig) -> int:
         cfg.engine.model,
         checker,
         VoiceStore(cfg.data_dir),
+        limits=caller_limits(cfg),
         **server_policy(cfg),
     )
     await server.start()  # health: NOT_SERVING while the model loads

@@ -127,7 +127,7 @@ async def test_twilio_stream_key_in_custom_parameters_and_control_api_bearer(key
     async with TwilioSimulator(url, "MZ" + "e" * 32, {"api_key": KEYS[1]}), aiohttp.ClientSession() as http:
         async with http.get(calls) as resp:
             assert resp.status == 401  # the control API needs the bearer key like every other route
-        bearer = {"Authorization": f"Bearer {KEYS[0]}"}
+        bearer = {"Authorization": f"Bearer {KEYS[1]}"}  # the key that started the call: its tenant owns it
         end = time.monotonic() + 30  # until the call is registered (a generous deadline, not a count)
         while True:
             async with http.get(calls, headers=bearer) as resp:

@@ -35,6 +35,8 @@ BAD_MESSAGES = [
     (json.dumps({"type": "synthesize", "text": "x" * 501}), "Text too long", "500"),
     (json.dumps({"type": "synthesize", "text": "hi", "pad": "x" * 5000}), "Message too large", "4096"),
     ('{"type": "cancel", "request_id": 3}', "Invalid message format", "request_id"),
+    ("[" * 4000, "Invalid message format", "nested"),  # issue 16: once a RecursionError that ended the session
+    ('{"type": "synthesize", "text": "\\ud800"}', "Invalid message format", "surrogate"),
 ]
 
 

@@ -93,8 +93,17 @@ messages = st.builds(
     | st.text(max_size=10),
     st.dictionaries(st.sampled_from(FIELDS) | st.text(max_size=8), field_values, max_size=6),
 )
+# Issue 16: input that once crashed a handler (RecursionError, a lone surrogate reaching protobuf).
+deep_json = st.integers(1, 3000).map(lambda n: '{"type": "synthesize", "text": "hi", "x": ' + "[" * n)
+lone_surrogates = st.builds(
+    lambda i, key: json.dumps({"type": "synthesize", key: chr(0xD800 + i)}),
+    st.integers(0, 0x7FF),
+    st.sampled_from(FIELDS),
+)
+hostile_json = deep_json | lone_surrogates
 frames = (
-    messages.map(lambda m: json.dumps(m))  # NaN and Infinity included: Python's JSON reads them
+    messages.map(lambda m: json.dumps(m))  # NaN and Infinity included: refused as not JSON
+    | hostile_json
     | json_values.map(json.dumps)
     | st.text(max_size=200)
     | st.binary(max_size=200)
@@ -148,6 +157,7 @@ bodies = (
         lambda d: json.dumps({"text": "fuzz", **d}).encode()
     )
     | json_values.map(lambda v: json.dumps(v).encode())
+    | hostile_json.map(str.encode)
     | st.binary(max_size=300)
 )
 
@@ -220,6 +230,7 @@ twilio_frames = (
     )
     .map(json.dumps)
     | json_values.map(json.dumps)
+    | hostile_json.map(lambda frame: frame.replace('"type": "synthesize"', '"event": "media"'))
     | st.text(max_size=100)
     | st.binary(max_size=100)
 )

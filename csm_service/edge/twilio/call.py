@@ -25,7 +25,7 @@ import numpy as np
 from aiohttp import web
 
 from csm_service.audio.g711 import mulaw_to_pcm16
-from csm_service.edge.admission import admit_client
+from csm_service.edge.admission import admit_client, hold_utterance
 from csm_service.edge.errors import MODEL_NOT_LOADED, TOO_MANY_IN_FLIGHT, ApiError
 from csm_service.edge.params import parse_speak
 from csm_service.edge.speech import Spoken, speak
@@ -34,8 +34,9 @@ from csm_service.edge.twilio import protocol
 from csm_service.edge.twilio.pacer import FramePacer
 from csm_service.edge.twilio.utterance import FAILED, PLAYED, SENT, SPEAKING, UNFINISHED, Utterance
 from csm_service.edge.voices_api import lookup_voice, synthesis_request
-from csm_service.edge.ws_gate import TRY_AGAIN_LATER
+from csm_service.edge.ws_gate import TRY_AGAIN_LATER, settle
 from csm_service.rpc.gen.csm.v1 import tts_pb2 as pb
+from csm_service.tenants import OPEN, Principal
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +58,20 @@ def _typed(value: str) -> object:
 
 
 class TwilioCall:
-    def __init__(self, ws: web.WebSocketResponse, state: EdgeState, start: dict, client: str) -> None:
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        state: EdgeState,
+        start: dict,
+        client: str,
+        principal: Principal = OPEN,
+        peer: str | None = None,
+    ) -> None:
         self.ws = ws
         self.state = state
         self.client = client  # rate limiter bucket
+        self.principal = principal  # the tenant whose key started the call: it owns the call
+        self.peer = peer  # the stream's address: whose utterances count together with keys off
         self.stream_sid: str = start["streamSid"]
         self.call_sid = str(start.get("callSid", ""))
         self.account_sid = str(start.get("accountSid", ""))
@@ -139,7 +150,7 @@ class TwilioCall:
             self.state.metrics.requests.labels("twilio", "not_ready").inc()
             for utterance in self.queue:
                 utterance.status, utterance.error = FAILED, MODEL_NOT_LOADED
-            self.queue.clear()
+            self._drop_queue()
             await self.ws.close(code=TRY_AGAIN_LATER, message=b"engine not ready")
             return
         while True:
@@ -149,6 +160,7 @@ class TwilioCall:
             utterance = self.queue.popleft()
             self.current = utterance
             self.current_task = asyncio.create_task(self._generate(utterance, self.epoch))
+            self.current_task.add_done_callback(lambda _, done=utterance: done.release())
             await asyncio.wait({self.current_task})  # a barge-in cancels it, not the speaker
             self.current, self.current_task = None, None
 
@@ -186,7 +198,7 @@ class TwilioCall:
         if "voice_profile_id" not in body and voice_id is not None:
             merged["voice_profile_id"] = str(voice_id)
         params = parse_speak(merged, self.state.cfg.max_text_chars, self.state.cfg.max_audio_length_ms)
-        voice = lookup_voice(self.state, params.voice_profile_id)
+        voice = lookup_voice(self.state, params.voice_profile_id, self.principal)
         return Utterance(f"utt_{next(self._ids)}", params, voice)
 
     async def say(self, utterance: Utterance, interrupt: bool) -> int:
@@ -197,18 +209,26 @@ class TwilioCall:
         limit = self.state.cfg.max_inflight_per_session
         if len(self.jobs) >= limit:
             raise ApiError(429, TOO_MANY_IN_FLIGHT, f"at most {limit} utterances queued or speaking per call")
+        # In flight for the tenant from now until its audio is generated (or it is dropped).
+        utterance.lease = hold_utterance(self.state, self.principal, self.peer)
         ahead = len(self.queue) + (self.current is not None)
         self.utterances.append(utterance)
         self.queue.append(utterance)
         self.wakeup.set()
         return ahead
 
+    def _drop_queue(self) -> None:
+        """Empty the queue; its utterances are no longer in flight for the tenant."""
+        for utterance in self.queue:
+            utterance.release()
+        self.queue.clear()
+
     async def clear(self, trigger: str) -> list[str]:
         """Barge-in: nothing said so far plays on; -> the ids of the utterances cut short."""
         began = time.perf_counter()
         self.epoch += 1
         buffered_s, now = self.pacer.buffered_s(), time.monotonic()
-        self.queue.clear()
+        self._drop_queue()
         if self.current_task is not None:
             self.current_task.cancel()  # closes the engine stream: the slot is free at once
         self.current = None
@@ -254,11 +274,9 @@ class TwilioCall:
         elif event == "mark":
             self._on_mark(protocol.section(message, "mark").get("name"))
         elif event == "dtmf":
-            digit = protocol.section(message, "dtmf").get("digit")
-            if not isinstance(digit, str):
-                raise protocol.ProtocolError("dtmf: digit must be a string")
+            digit = protocol.dtmf_digit(message)
             if len(self.dtmf) < MAX_DTMF:
-                self.dtmf.append(digit[:1])
+                self.dtmf.append(digit)
             if "dtmf" in self.barge_in and self.busy:
                 await self.clear("dtmf")
         elif event == "stop":
@@ -283,19 +301,13 @@ class TwilioCall:
             await self.clear("speech")
 
     # -- the call's life ----------------------------------------------------------------------------
-    async def run(self, first: list[dict]) -> None:
-        """Serve the call until Twilio stops it or the socket closes."""
+    async def run(self, early_dtmf: list[str]) -> None:
+        """Serve the call until Twilio stops it or the socket closes. ``early_dtmf``: keys pressed
+        before ``start``, recorded only: nothing was playing, so they never cut the greeting."""
+        self.dtmf.extend(early_dtmf[:MAX_DTMF])
         tasks = [asyncio.create_task(self._sender()), asyncio.create_task(self._speaker())]
-        greeting = self.custom.get("greeting")
-        if greeting:
-            try:
-                admit_client(self.state, self.client, in_session=True)
-                await self.say(self.utterance({"text": greeting}), interrupt=False)
-            except ApiError as err:
-                log.warning("call %s: the greeting was refused: %s", self.stream_sid, err)
         try:
-            for message in first:
-                await self.on_event(message)
+            await self._greet()
             async for msg in self.ws:
                 if msg.type == web.WSMsgType.TEXT:
                     await self.handle_text(msg.data)
@@ -306,15 +318,22 @@ class TwilioCall:
                     break
                 if self.stopped:
                     break
-        finally:
-            for task in (*tasks, self.current_task):
-                if task is not None:
-                    task.cancel()
-            await asyncio.sleep(0)
+        finally:  # every task cancelled before the first await, even if this handler is cancelled
+            self._drop_queue()
+            await settle(*tasks, self.current_task)
+
+    async def _greet(self) -> None:
+        greeting = self.custom.get("greeting")
+        if greeting:
+            try:
+                admit_client(self.state, self.client, in_session=True)
+                await self.say(self.utterance({"text": greeting}), interrupt=False)
+            except ApiError as err:
+                log.warning("call %s: the greeting was refused: %s", self.stream_sid, err)
 
     async def handle_text(self, data: str) -> None:
         try:
-            message = protocol.parse_event(data)
+            message = protocol.parse_event(data, self.state.cfg.max_json_depth)
             self.state.metrics.twilio_events.labels(message["event"]).inc()
             await self.on_event(message)
         except protocol.ProtocolError as exc:

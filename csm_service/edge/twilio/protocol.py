@@ -12,6 +12,8 @@ import base64
 import binascii
 import json
 
+from csm_service.edge import safe_json
+
 FRAME_BYTES = 160  # 20 ms of G.711 mu-law at 8 kHz
 MULAW_SILENCE = 0xFF  # mu-law's code for zero: pads the last frame of an utterance
 INBOUND_EVENTS = ("connected", "start", "media", "dtmf", "mark", "stop")
@@ -38,12 +40,13 @@ def clear_message(stream_sid: str) -> str:
     return _dump({"event": "clear", "streamSid": stream_sid})
 
 
-def parse_event(data: str) -> dict:
-    """A text frame -> its JSON object with a known ``event``; ProtocolError otherwise."""
+def parse_event(data: str, max_depth: int = safe_json.DEFAULT_MAX_DEPTH) -> dict:
+    """A text frame -> its JSON object with a known ``event`` (so ``event`` is a bounded metrics
+    label); ProtocolError otherwise, never anything else (a nested frame must not end the call)."""
     try:
-        message = json.loads(data)
-    except ValueError as exc:
-        raise ProtocolError(f"invalid JSON: {exc}") from None
+        message = safe_json.loads(data, max_depth)
+    except safe_json.JsonError as exc:
+        raise ProtocolError(str(exc)) from None
     if not isinstance(message, dict) or message.get("event") not in INBOUND_EVENTS:
         event = message.get("event") if isinstance(message, dict) else None
         raise ProtocolError(f"unknown event {str(event)[:40]!r}; expected one of {', '.join(INBOUND_EVENTS)}")
@@ -56,6 +59,14 @@ def section(message: dict, name: str) -> dict:
     if not isinstance(value, dict):
         raise ProtocolError(f"{message['event']}: missing object {name!r}")
     return value
+
+
+def dtmf_digit(message: dict) -> str:
+    """The key of a ``dtmf`` event (one character), or ProtocolError."""
+    digit = section(message, "dtmf").get("digit")
+    if not isinstance(digit, str):
+        raise ProtocolError("dtmf: digit must be a string")
+    return digit[:1]
 
 
 def media_payload(message: dict) -> bytes:

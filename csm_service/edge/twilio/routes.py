@@ -20,60 +20,96 @@ import logging
 from aiohttp import WSMsgType, web
 
 from csm_service.auth import bearer_token
-from csm_service.edge.admission import admit
-from csm_service.edge.errors import INVALID_MESSAGE_FORMAT, ApiError
+from csm_service.edge.admission import admit, request_principal
+from csm_service.edge.errors import INVALID_MESSAGE_FORMAT, TOO_MANY_SESSIONS, ApiError
 from csm_service.edge.http_api import read_json
 from csm_service.edge.rate_limit import client_id
 from csm_service.edge.state import STATE, EdgeState
 from csm_service.edge.twilio import protocol
 from csm_service.edge.twilio.call import TwilioCall
-from csm_service.edge.ws_gate import POLICY_VIOLATION, open_websocket
+from csm_service.edge.ws_gate import (
+    POLICY_VIOLATION,
+    TRY_AGAIN_LATER,
+    close_unless_authenticated,
+    open_websocket,
+    settle,
+)
+from csm_service.tenants import OPEN
 
 log = logging.getLogger(__name__)
 
 UNKNOWN_CALL = "Unknown call"
 MAX_STREAM_SID_CHARS = 64
+MAX_EARLY_DTMF = 16  # digits pressed before start that are kept (Twilio sends none: start comes first)
 
 
-async def _await_start(ws: web.WebSocketResponse, state: EdgeState) -> tuple[dict | None, list[dict]]:
-    """Read until ``start`` (``connected`` comes first) -> (start, events seen before it)."""
-    before: list[dict] = []
+async def _await_start(ws: web.WebSocketResponse, state: EdgeState) -> tuple[dict | None, list[str]]:
+    """Read until ``start`` (``connected`` comes first) -> (start, DTMF digits pressed before it).
+
+    Anyone may open a stream and send before ``start`` (its key comes in ``start``), so nothing else
+    sent before it is kept (at most MAX_EARLY_DTMF digits), and at most ``twilio_prestart_bytes`` are
+    read: past them the stream is closed (1008) before the next message is even parsed."""
+    digits: list[str] = []
+    budget = state.cfg.twilio_prestart_bytes
     async for msg in ws:
         if msg.type != WSMsgType.TEXT:
             break
+        budget -= len(msg.data.encode("utf-8", "surrogatepass"))
+        if budget < 0:
+            state.metrics.twilio_events.labels("invalid").inc()
+            await ws.close(code=POLICY_VIOLATION, message=b"too much data before the start event")
+            break
         try:
-            message = protocol.parse_event(msg.data)
+            message = protocol.parse_event(msg.data, state.cfg.max_json_depth)
             state.metrics.twilio_events.labels(message["event"]).inc()
             if message["event"] != "start":
                 if message["event"] == "stop":
                     break
-                if message["event"] != "connected":
-                    before.append(message)  # tolerated: handled once the call exists
+                if message["event"] == "dtmf" and len(digits) < MAX_EARLY_DTMF:
+                    digits.append(protocol.dtmf_digit(message))  # recorded; never a barge-in
                 continue
             start = protocol.section(message, "start")
             sid = start.get("streamSid") or message.get("streamSid")
             if not isinstance(sid, str) or not sid or len(sid) > MAX_STREAM_SID_CHARS:
                 raise protocol.ProtocolError(f"start: streamSid must be a string of 1 to {MAX_STREAM_SID_CHARS}")
-            return {**start, "streamSid": sid}, before[-16:]
+            return {**start, "streamSid": sid}, digits
         except protocol.ProtocolError as exc:
             state.metrics.twilio_events.labels("invalid").inc()
             log.warning("media stream before start: %s", exc)
-    return None, before
+    return None, digits
+
+
+async def _start_in_time(ws: web.WebSocketResponse, state: EdgeState) -> tuple[dict | None, list[str]]:
+    """:func:`_await_start` while the stream holds a place among the unauthenticated sockets: it is
+    closed at ``ws_auth_timeout_s`` (1008) or when a newer one pushes it out (1013); either way it
+    leaves that budget here."""
+    started = False
+    watch = asyncio.create_task(
+        close_unless_authenticated(
+            ws, state.pending[ws], state.cfg.ws_auth_timeout_s, lambda: started, b"no start event"
+        )
+    )
+    try:
+        start, digits = await _await_start(ws, state)
+        started = start is not None
+        return start, digits
+    finally:
+        state.pending.pop(ws, None)
+        await settle(watch)
 
 
 async def media_stream(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     header_key = bearer_token(request.headers.get("Authorization"))
-    ws, serve = await open_websocket(request, state, header_key, "twilio")
+    # Twilio's frames are small (a media frame: about 400 bytes): a larger one closes the stream (1009).
+    limit = state.cfg.max_ws_message_bytes
+    ws, serve = await open_websocket(request, state, header_key, "twilio", pending=True, max_msg_size=limit)
     if not serve:
         return ws
-    try:
-        start, before = await asyncio.wait_for(_await_start(ws, state), state.cfg.ws_auth_timeout_s)
-    except TimeoutError:
-        await ws.close(code=POLICY_VIOLATION, message=b"no start event")
-        return ws
+    start, early_dtmf = await _start_in_time(ws, state)
     if start is None:
-        await ws.close()
+        if not ws.closed:
+            await ws.close()
         return ws
     custom = start.get("customParameters")
     key = header_key or (custom.get("api_key") if isinstance(custom, dict) else None)
@@ -84,13 +120,19 @@ async def media_stream(request: web.Request) -> web.StreamResponse:
     if start["streamSid"] in state.calls:
         await ws.close(code=POLICY_VIOLATION, message=b"streamSid already connected")
         return ws
-    call = TwilioCall(ws, state, start, client_id(key if state.checker.enabled else None, request.remote))
+    if len(state.sessions) >= state.cfg.max_sessions:  # there was room at the upgrade, none now
+        state.metrics.requests.labels("twilio", "rejected").inc()
+        await ws.close(code=TRY_AGAIN_LATER, message=f"{TOO_MANY_SESSIONS} (at most {state.cfg.max_sessions})".encode())
+        return ws
+    principal = state.checker.resolve(key if isinstance(key, str) else None) or OPEN  # not None: checked above
+    client = client_id(key if state.checker.enabled else None, request.remote)
+    call = TwilioCall(ws, state, start, client, principal, request.remote)
     state.calls[call.stream_sid] = call
     state.sessions.add(call)
     state.metrics.twilio_calls.inc()
     log.info("call %s (%s) connected", call.stream_sid, call.call_sid)
     try:
-        await call.run(before)
+        await call.run(early_dtmf)
     finally:
         state.calls.pop(call.stream_sid, None)
         state.sessions.discard(call)
@@ -101,10 +143,16 @@ async def media_stream(request: web.Request) -> web.StreamResponse:
     return ws
 
 
+def _visible(request: web.Request, call: TwilioCall) -> bool:
+    """A call belongs to the tenant whose key started it; admins (and keys off) see every call."""
+    return request_principal(request).can_see(call.principal.tenant)
+
+
 def _call(request: web.Request) -> TwilioCall:
+    """The call, or 404: another tenant's call is answered exactly like one that does not exist."""
     sid = request.match_info["stream_sid"]
     call = request.app[STATE].calls.get(sid)
-    if call is None:
+    if call is None or not _visible(request, call):
         raise ApiError(404, UNKNOWN_CALL, f"streamSid: no connected call {sid[:80]!r}", "streamSid")
     return call
 
@@ -136,5 +184,5 @@ async def get_call(request: web.Request) -> web.Response:
 
 
 async def list_calls(request: web.Request) -> web.Response:
-    calls = request.app[STATE].calls.values()
+    calls = [c for c in request.app[STATE].calls.values() if _visible(request, c)]
     return web.json_response({"calls": [{"stream_sid": c.stream_sid, "call_sid": c.call_sid} for c in calls]})

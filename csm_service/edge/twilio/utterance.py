@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass, field
 
 from csm_service.edge.params import SpeakParams
+from csm_service.edge.rate_limit import InflightLease
 from csm_service.edge.twilio.pacer import FRAME_S
 from csm_service.voices import Voice
 
@@ -30,6 +31,12 @@ class Utterance:
     created_at: float = field(default_factory=time.monotonic)
     first_frame_ms: float | None = None  # say -> first frame sent to Twilio
     ends_at: float | None = None  # when its last frame should finish playing (monotonic, estimated)
+    lease: InflightLease | None = None  # its place among the tenant's utterances in flight
+
+    def release(self) -> None:
+        """No longer in flight (generated, failed, cleared or dropped); safe to call again."""
+        if self.lease is not None:
+            self.lease.release()
 
     def first_frame_sent(self) -> None:
         if self.first_frame_ms is None:
