@@ -29,7 +29,7 @@ def _engine_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--prefill-chunk-positions",
         type=int,
-        help="prompt positions prefilled between two frame steps, 0 = whole prompt (CSM_PREFILL_CHUNK_POSITIONS, 256)",
+        help="prompt positions prefilled between two frame steps, 0 = whole prompt (CSM_PREFILL_CHUNK_POSITIONS, 512)",
     )
     g.add_argument(
         "--memory-utilization",

@@ -95,8 +95,9 @@ class EngineConfig:
     seed: int = 0  # seed of the tiny-random weights
     prefix_cache_mb: int = 1024  # device memory for voice-prompt KV prefixes (0: no cache)
     # Prefill runs between frame steps, at most this many prompt positions per step (0: each prompt
-    # in one piece, which stalls live streams for the whole prefill).
-    prefill_chunk_positions: int = 256
+    # in one piece, which stalls live streams for the whole prefill). Smaller: shorter stalls for
+    # live streams, but fewer short requests admitted per step under a burst (docs/benchmarks.md).
+    prefill_chunk_positions: int = 512
     # Batch slots are sized at start-up from memory, max_batch at most (engine/memory.py): the KV
     # caches may take what is free less (1 - memory_utilization) x total (CUDA: the GPU; CPU: RAM)...
     memory_utilization: float = 0.9
