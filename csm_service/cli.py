@@ -166,6 +166,7 @@ EDGE_OPTS = (
     "http_body_timeout_s",
     "max_inflight_per_session",
     "max_inflight_per_key",
+    "max_inflight_per_peer",
     "max_voices_per_tenant",
     "request_timeout_s",
     "max_audio_length_ms",
@@ -231,7 +232,12 @@ def _edge_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--max-inflight-per-key",
         type=int,
-        help="utterances in flight per tenant (keys off: per client address), 0 = no cap (CSM_MAX_INFLIGHT_PER_KEY, 16)",
+        help="utterances in flight per tenant, 0 = no cap (CSM_MAX_INFLIGHT_PER_KEY, 16)",
+    )
+    g.add_argument(
+        "--max-inflight-per-peer",
+        type=int,
+        help="keys off: utterances in flight per client address, 0 = no cap (CSM_MAX_INFLIGHT_PER_PEER, 0)",
     )
     g.add_argument(
         "--max-voices-per-tenant",

@@ -160,9 +160,12 @@ class ServiceConfig:
     max_audio_length_ms: int = 163_840  # the largest max_audio_length_ms a request may ask for
     rate_limit_per_s: float = 0.0  # synthesis requests per second per API key (or peer); 0 = no limit
     rate_limit_burst: int = 20  # requests a client may make at once before the rate applies
-    # Fairness between clients (per tenant with keys on, per peer address with keys off): utterances
-    # in flight at once, on HTTP, WebSocket, Twilio and OpenAI routes together; more is 429. 0 = no cap.
-    max_inflight_per_key: int = 16  # 2x the engine's default 8 slots; a key file's max_inflight= overrides it
+    # Fairness between clients: utterances in flight at once, on HTTP, WebSocket, Twilio and OpenAI
+    # routes together; more is 429. 0 = no cap.
+    max_inflight_per_key: int = 16  # per tenant (keys on); 2x the default 8 slots; a key file's max_inflight= overrides
+    # Keys off: per peer address. Off by default: one Twilio bridge or internal service speaks for
+    # every call from one address, and a cap there would refuse its calls.
+    max_inflight_per_peer: int = 0
     max_voices_per_tenant: int = 100  # stored voice profiles per tenant; more is 409. 0 = no limit
     # gRPC port, per tenant (keys on) or peer address (keys off); admin keys and serve's own edge are
     # exempt. -1 = the engine's max_batch + max_queue // 2 (half the queue stays for others); 0 = no cap.

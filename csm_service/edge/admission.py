@@ -56,7 +56,10 @@ def hold_utterance(state: EdgeState, principal: Principal, peer: str | None) -> 
     """A place for one utterance among the client's in flight (``max_inflight_per_key``, or the
     tenant's ``max_inflight`` from the key file); ApiError 429 with a retry hint when it has them
     all. Release the lease when the utterance ends, however it ends."""
-    cap = state.cfg.max_inflight_per_key if principal.max_inflight is None else principal.max_inflight
+    if principal.tenant is None:  # keys off: the peer address is all we know of the client
+        cap = state.cfg.max_inflight_per_peer
+    else:
+        cap = state.cfg.max_inflight_per_key if principal.max_inflight is None else principal.max_inflight
     lease = state.inflight.try_acquire(inflight_client(principal, peer), cap)
     if lease is None:
         who = "tenant" if principal.tenant is not None else "client address"

@@ -379,7 +379,7 @@ async def test_pages_walk_every_voice(tenants):
 async def test_keys_off_one_tenant_and_the_cap_per_client_address(tmp_path):
     """Keys off: everything is one tenant as before (anyone sees and deletes any voice, lists any
     call); the in-flight cap counts per client address, so another address is still served."""
-    proc, port = start_serve(tmp_path, "--max-inflight-per-key", "1")
+    proc, port = start_serve(tmp_path, "--max-inflight-per-peer", "1")
     url = f"http://127.0.0.1:{port}"
     try:
         await asyncio.to_thread(wait_until, lambda: http_status(port, "/health") == 200, 120, "keys-off server")
