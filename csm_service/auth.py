@@ -156,19 +156,27 @@ class GrpcKeyInterceptor(grpc.aio.ServerInterceptor):
         context.add_done_callback(lambda _: lease.release())  # also when the call's task is torn down
         return lease
 
+    @contextlib.asynccontextmanager
+    async def _call_scope(
+        self, principal: Principal, context: grpc.aio.ServicerContext, limited: bool
+    ) -> AsyncIterator[None]:
+        """One call: its principal visible to the servicer, and its place among the caller's calls."""
+        token, lease = CURRENT_PRINCIPAL.set(principal), None
+        try:
+            lease = await self._admit(principal, context) if limited else None
+            yield
+        finally:
+            _reset(token)
+            if lease is not None:
+                lease.release()
+
     def _wrap(self, handler: grpc.RpcMethodHandler, principal: Principal, limited: bool) -> grpc.RpcMethodHandler:
         if handler.unary_unary is not None:
             unary = handler.unary_unary
 
             async def unary_call(request: object, context: grpc.aio.ServicerContext) -> object:
-                token, lease = CURRENT_PRINCIPAL.set(principal), None
-                try:
-                    lease = await self._admit(principal, context) if limited else None
+                async with self._call_scope(principal, context, limited):
                     return await unary(request, context)
-                finally:
-                    _reset(token)
-                    if lease is not None:
-                        lease.release()
 
             return grpc.unary_unary_rpc_method_handler(
                 unary_call, handler.request_deserializer, handler.response_serializer
@@ -177,15 +185,9 @@ class GrpcKeyInterceptor(grpc.aio.ServerInterceptor):
             stream = handler.unary_stream
 
             async def stream_call(request: object, context: grpc.aio.ServicerContext) -> AsyncIterator[object]:
-                token, lease = CURRENT_PRINCIPAL.set(principal), None
-                try:
-                    lease = await self._admit(principal, context) if limited else None
+                async with self._call_scope(principal, context, limited):
                     async for item in stream(request, context):
                         yield item
-                finally:
-                    _reset(token)
-                    if lease is not None:
-                        lease.release()
 
             return grpc.unary_stream_rpc_method_handler(
                 stream_call, handler.request_deserializer, handler.response_serializer

@@ -175,7 +175,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", default="auto")
     p.add_argument("--live", type=int, default=4, help="streams live when the prompt arrives")
     p.add_argument("--voice-seconds", type=float, default=20.0)
-    p.add_argument("--chunk-positions", type=int, default=256, help="the chunked mode's prefill_chunk_positions")
+    p.add_argument(
+        "--chunk-positions",
+        type=int,
+        default=EngineConfig.prefill_chunk_positions,
+        help="the chunked mode's prefill_chunk_positions (default: the engine's)",
+    )
     p.add_argument("--warm-frames", type=int, default=4, help="frames each live stream has before the admission")
     p.add_argument("--live-frames", type=int, default=0, help="frames after that; 0: enough to outlast the prefill")
     p.add_argument("--no-cuda-graphs", action="store_true")
