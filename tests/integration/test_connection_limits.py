@@ -293,7 +293,10 @@ async def test_a_flood_before_start_is_cut_and_not_kept(tmp_path, procs):
     code, sent = await _flood(f"ws://127.0.0.1:{port}/v1/twilio/media-stream", media, 5000)
     grown_mb = (vm_hwm_kib(proc.proc.pid) - before) / 1024
     print(f"prestart flood: sent {sent} x 60 KB, closed {code}, VmHWM {before / 1024:.0f} MB +{grown_mb:.1f} MB")
-    assert code in (1008, "reset") and sent < 5000
+    # The server closed the stream (the old code never did). How many messages the client had queued
+    # by then is not the server's doing: aiohttp's client buffers sends without waiting for the
+    # socket, so on a busy machine all 5000 may be queued before the close is read.
+    assert code in (1008, "reset")
     assert grown_mb < 50
 
 
