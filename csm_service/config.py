@@ -10,15 +10,11 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 
+from csm_service.core.constants import MAX_TEXT_CHARS, NUM_CODEBOOKS, NUM_MIMI_CODES
 from csm_service.tenants import ApiKey, KeyFileError, merge_keys, parse_key_file, plain_key
 
 DEFAULT_MODEL = "sesame/csm-1b"
 TINY_RANDOM = "tiny-random"
-
-SAMPLE_RATE = 24_000  # Mimi's output rate
-FRAME_MS = 80  # one CSM frame = one Mimi frame = 80 ms
-SAMPLES_PER_FRAME = SAMPLE_RATE * FRAME_MS // 1000  # 1920
-NUM_MIMI_CODES = 2048  # codes per Mimi codebook (the audio vocabulary's 3 extra ids never reach Mimi)
 
 
 @dataclass(frozen=True)
@@ -51,8 +47,8 @@ class CsmConfig:
     backbone: TransformerConfig
     decoder: TransformerConfig
     text_vocab_size: int = 128_256
-    audio_vocab_size: int = 2051  # 2048 Mimi codes + 3 reserved ids that must never reach Mimi
-    num_codebooks: int = 32
+    audio_vocab_size: int = NUM_MIMI_CODES + 3  # 2048 Mimi codes + 3 reserved ids that must never reach Mimi
+    num_codebooks: int = NUM_CODEBOOKS
     max_seq_len: int = 2048
 
     @property
@@ -138,7 +134,7 @@ class ServiceConfig:
     call_drain_s: float = 300.0
     ready_wait_s: float = 120.0  # a Twilio call that arrives while the model loads is held this long
     # Edge bounds: every one answers with a clear error, never by dropping the session.
-    max_text_chars: int = 4000  # per synthesize request
+    max_text_chars: int = MAX_TEXT_CHARS  # per synthesize request (4000)
     max_body_bytes: int = 1 << 20  # HTTP request body
     max_json_depth: int = 32  # nesting of arrays/objects in client JSON (ours: 3); deeper is a 400 / an error reply
     max_ws_message_bytes: int = 64 << 10  # one WebSocket message (larger: an error reply)
