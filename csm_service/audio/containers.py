@@ -3,42 +3,19 @@
 Raw formats and WAV stream as they are generated (a streamed WAV's header carries the "unknown
 length" sizes 0xFFFFFFFF, as OpenAI's does). FLAC, MP3 and Opus are written by libsndfile through
 soundfile (libsndfile >= 1.1 for MP3) once the utterance is complete, since their headers or page
-structure need the whole signal. AAC has no encoder here.
+structure need the whole signal. AAC has no encoder here. The formats themselves are
+:mod:`csm_service.core.formats`.
 """
 
 from __future__ import annotations
 
 import io
 import struct
-from dataclasses import dataclass
 
 import numpy as np
 import soundfile as sf
 
-
-@dataclass(frozen=True)
-class FileFormat:
-    name: str
-    content_type: str
-    sample_rate: int
-    streams: bool  # bytes can be sent as they are generated
-    sndfile: tuple[str, str] | None = None  # (format, subtype) for soundfile
-    g711: str | None = None  # "mulaw" / "alaw": 8 kHz telephony bytes
-
-
-FILE_FORMATS = {
-    f.name: f
-    for f in (
-        FileFormat("wav", "audio/wav", 24_000, streams=True),
-        FileFormat("pcm", "audio/pcm", 24_000, streams=True),  # s16le mono, as OpenAI's
-        FileFormat("flac", "audio/flac", 24_000, streams=False, sndfile=("FLAC", "PCM_16")),
-        FileFormat("mp3", "audio/mpeg", 24_000, streams=False, sndfile=("MP3", "MPEG_LAYER_III")),
-        FileFormat("opus", "audio/ogg", 24_000, streams=False, sndfile=("OGG", "OPUS")),
-        FileFormat("mulaw", "audio/basic", 8_000, streams=True, g711="mulaw"),
-        FileFormat("alaw", "audio/x-alaw-basic", 8_000, streams=True, g711="alaw"),
-    )
-}
-NO_ENCODER = ("aac",)  # OpenAI names we cannot produce
+from csm_service.core.formats import FileFormat
 
 
 def streaming_wav_header(sample_rate: int) -> bytes:

@@ -24,7 +24,7 @@ import numpy as np
 import soundfile
 import soxr
 
-from csm_service.voices import MAX_PROMPT_RATE, MIN_PROMPT_RATE
+from csm_service.core.constants import MAX_PROMPT_RATE, MIN_PROMPT_RATE
 
 ACCEPTED = ("WAV", "FLAC", "OGG", "MP3")
 SF_COUNT_MAX = 2**63 - 1  # libsndfile's frame count when a header does not say (e.g. streamed FLAC)

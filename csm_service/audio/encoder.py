@@ -13,8 +13,7 @@ import soxr
 
 from csm_service.audio.g711 import pcm16_to_alaw, pcm16_to_mulaw
 from csm_service.audio.wav import float_to_pcm16
-
-SOURCE_RATE = 24_000
+from csm_service.core.constants import SAMPLE_RATE
 
 
 @dataclass(frozen=True)
@@ -24,7 +23,7 @@ class OutputFormat:
     bytes_per_sample: int
 
 
-PCM16_24K = OutputFormat("pcm16_24khz", 24_000, 2)
+PCM16_24K = OutputFormat("pcm16_24khz", SAMPLE_RATE, 2)
 PCM16_8K = OutputFormat("pcm16_8khz", 8_000, 2)
 MULAW_8K = OutputFormat("mulaw_8khz", 8_000, 1)
 ALAW_8K = OutputFormat("alaw_8khz", 8_000, 1)
@@ -35,8 +34,8 @@ class StreamEncoder:
     def __init__(self, fmt: OutputFormat) -> None:
         self.format = fmt
         self._resampler = (
-            soxr.ResampleStream(SOURCE_RATE, fmt.sample_rate, 1, dtype="float32", quality="HQ")
-            if fmt.sample_rate != SOURCE_RATE
+            soxr.ResampleStream(SAMPLE_RATE, fmt.sample_rate, 1, dtype="float32", quality="HQ")
+            if fmt.sample_rate != SAMPLE_RATE
             else None
         )
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import numpy as np
 
-MIN_SPEED, MAX_SPEED = 0.25, 4.0
+from csm_service.core.constants import MAX_SPEED, MIN_SPEED, SAMPLE_RATE
 
 
 class TimeStretch:
-    def __init__(self, speed: float, sample_rate: int = 24_000) -> None:
+    def __init__(self, speed: float, sample_rate: int = SAMPLE_RATE) -> None:
         if not MIN_SPEED <= speed <= MAX_SPEED:
             raise ValueError(f"speed must be from {MIN_SPEED} to {MAX_SPEED}, got {speed}")
         self.speed = speed

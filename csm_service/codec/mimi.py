@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import logging
 import threading
 from collections.abc import Iterator
@@ -33,31 +34,37 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from csm_service.config import SAMPLES_PER_FRAME
+from csm_service.codec.moshi_internals import mark_codebook_initialized, moshi_mimi_config
+from csm_service.core.constants import NUM_CODEBOOKS, NUM_MIMI_CODES, SAMPLES_PER_FRAME
 
 log = logging.getLogger(__name__)
 
 MIMI_REPO = "kyutai/moshiko-pytorch-bf16"
 MIMI_FILE = "tokenizer-e351c8d8-checkpoint125.safetensors"
-NUM_CODEBOOKS = 32
-MAX_CODE = 2047  # Mimi's codebooks have 2048 entries; CSM's ids 2048..2050 are reserved
+MAX_CODE = NUM_MIMI_CODES - 1  # CSM's audio ids above it (2048..2050) are reserved and never reach Mimi
 # moshi's CUDAGraphed (warmup_steps=1) runs eagerly on its first call and captures on its second:
 # after this many decode calls following start_streaming, every graph of the decoder is captured.
 MOSHI_CAPTURE_CALLS = 2
 
 
+# moshi's own compile switch, entered once and held for the life of the process (never exited).
+_MOSHI_NO_COMPILE = contextlib.ExitStack()
+
+
+@functools.cache
 def disable_moshi_compile() -> None:
-    """Turn off moshi's lazy ``torch.compile`` for the whole process (idempotent).
+    """Turn off moshi's lazy ``torch.compile`` for the whole process (once; later calls do nothing).
 
     ``NO_TORCH_COMPILE=1`` does the same, but only if set before moshi is imported (the image sets
-    it); this works whatever the environment and import order. moshi checks the flag on every call.
+    it); this works whatever the environment and import order: it enters moshi's public
+    ``no_compile()`` switch and never leaves it. moshi checks the switch on every call.
     """
     from moshi.utils import compile as moshi_compile
 
-    if not hasattr(moshi_compile, "_compile_disabled"):
+    if not hasattr(moshi_compile, "no_compile"):
         log.warning("moshi changed how it disables torch.compile; set NO_TORCH_COMPILE=1 instead")
         return
-    moshi_compile._compile_disabled = True
+    _MOSHI_NO_COMPILE.enter_context(moshi_compile.no_compile())
 
 
 def resolve_mimi_weights(explicit: str | None, model_dir: Path | None = None) -> Path:
@@ -91,9 +98,7 @@ def tiny_mimi_config() -> dict:
 
     Only for random weights (``tiny-random``), so CPU tests run the whole pipeline quickly.
     """
-    from moshi.models import loaders
-
-    cfg = copy.deepcopy(loaders._mimi_config)
+    cfg = moshi_mimi_config()
     dim = 64
     cfg["seanet"].update(dimension=dim, n_filters=8)
     cfg["quantizer"].update(dimension=32, input_dimension=dim, output_dimension=dim)
@@ -112,8 +117,7 @@ def _randomize_codebooks(mimi: torch.nn.Module) -> None:
         if isinstance(module, EuclideanCodebook):
             module.embedding_sum.normal_(0.0, 10.0)  # large enough that codes audibly differ
             module.cluster_usage.fill_(1.0)
-            module._initialized.fill_(1.0)
-            module._embedding = None  # recomputed from embedding_sum on first use
+            mark_codebook_initialized(module)  # its codebook is recomputed from embedding_sum on first use
 
 
 class MimiCodec:
@@ -142,6 +146,7 @@ class MimiCodec:
         self.device = device
         self.sample_rate = int(self.mimi.sample_rate)
         self.frame_size = SAMPLES_PER_FRAME
+        self._streaming = contextlib.ExitStack()  # moshi's streaming(): closing it leaves streaming mode
         self._stream_rows = 0
         self._decode_calls = 0  # decode calls since start_streaming (moshi captures on the first ones)
 
@@ -176,9 +181,8 @@ class MimiCodec:
     def start_streaming(self, num_rows: int) -> None:
         """Enter streaming mode for ``num_rows`` parallel streams (the engine's slots)."""
         with self._gpu_lock:
-            if self._stream_rows:
-                self.mimi._stop_streaming()  # moshi has no public "leave streaming_forever"
-            self.mimi.streaming_forever(num_rows)  # fresh state: moshi captures its graphs again
+            self._streaming.close()  # leave the previous streaming state, if any
+            self._streaming = self.mimi.streaming(num_rows)  # fresh state: moshi captures its graphs again
             self._stream_rows = num_rows
             self._decode_calls = 0
 

@@ -1,30 +1,42 @@
-"""Build a ready engine from an EngineConfig: build -> load -> warm up -> size slots -> capture -> SERVING."""
+"""Build a ready engine from an EngineConfig: build -> load -> warm up -> size slots -> capture -> SERVING.
+
+What ``cfg.model`` names (a checkpoint or a named entry such as ``tiny-random``) is looked up in
+:mod:`csm_service.model.registry`; the entry says how to load the model and which Mimi goes with it.
+"""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
+import torch
+
 from csm_service.codec.mimi import MimiCodec, resolve_mimi_weights
-from csm_service.config import TINY_RANDOM, EngineConfig
+from csm_service.config import EngineConfig
 from csm_service.engine.engine import Engine
 from csm_service.engine.runner import WARM_UP_SLOTS, ModelRunner, pick_device, pick_dtype
-from csm_service.model.loader import load_model
+from csm_service.model.registry import ModelEntry, model_entry
 
 log = logging.getLogger(__name__)
+
+
+def build_codec(cfg: EngineConfig, entry: ModelEntry, device: torch.device) -> MimiCodec:
+    """The entry's Mimi: random test-size, or trained weights (``--mimi-weights``, a file beside a
+    local checkpoint directory, or moshi's file from the hub cache)."""
+    if entry.random_mimi:
+        return MimiCodec(None, device, seed=cfg.seed, tiny=True)
+    local = Path(cfg.model).expanduser()
+    weights = resolve_mimi_weights(cfg.mimi_weights, local if local.is_dir() else None)
+    return MimiCodec(weights, device, seed=cfg.seed)
 
 
 def build_engine(cfg: EngineConfig, start: bool = True) -> Engine:
     device = pick_device(cfg.device)
     dtype = pick_dtype(cfg.dtype, device)
     log.info("loading model %s on %s (%s)", cfg.model, device, dtype)
-    model, tokenizer = load_model(cfg.model, seed=cfg.seed, dtype=dtype)  # each tensor cast as it is read
-    if cfg.model == TINY_RANDOM:
-        mimi_weights = None
-    else:
-        local = Path(cfg.model).expanduser()
-        mimi_weights = resolve_mimi_weights(cfg.mimi_weights, local if local.is_dir() else None)
-    codec = MimiCodec(mimi_weights, device, seed=cfg.seed, tiny=cfg.model == TINY_RANDOM)
+    entry = model_entry(cfg.model)
+    model, tokenizer = entry.load(cfg.model, cfg.seed, dtype)  # on CPU, each tensor cast as it is read
+    codec = build_codec(cfg, entry, device)
     # A one-slot cache for the warm-up; Engine.start() sizes the slots from free memory (max_batch at most).
     runner = ModelRunner(model, WARM_UP_SLOTS, device, dtype, use_cuda_graphs=cfg.use_cuda_graphs)
     engine = Engine(runner, codec, tokenizer, cfg)

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
 from csm_service.engine.prefix_cache import PrefixKV
+from csm_service.engine.state import RequestHandle
 
 Rows = tuple[int, int]  # prompt rows [start, end)
 
@@ -39,7 +39,7 @@ class PrefillTask:
     """One admitted request whose prompt is being prefilled into its slot."""
 
     slot: int
-    handle: Any  # engine.RequestHandle
+    handle: RequestHandle
     chunks: list[Rows]
     prefix_key: str | None  # set when the prompt has a cacheable prefix and the cache is on
     prefix_hit: bool

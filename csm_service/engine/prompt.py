@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from csm_service.engine.request import InvalidRequest, Segment
+from csm_service.core.errors import InvalidRequest
+from csm_service.core.request import Segment
 from csm_service.model.tokenizer import TextTokenizer
 
 

@@ -10,7 +10,7 @@ import heapq
 from collections import deque
 from typing import Generic, TypeVar
 
-from csm_service.engine.request import Overloaded
+from csm_service.core.errors import Overloaded
 
 T = TypeVar("T")
 

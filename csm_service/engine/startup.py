@@ -17,6 +17,8 @@ import numpy as np
 import torch
 
 from csm_service.config import EngineConfig
+from csm_service.core.constants import DEFAULT_TEMPERATURE, DEFAULT_TOP_K
+from csm_service.engine.loop_state import StreamingCodec
 from csm_service.engine.memory import MemoryFigures, MemoryProbe, SlotPlan, kv_bytes_per_slot, plan_slots, weight_bytes
 from csm_service.engine.prompt import Prompt
 from csm_service.engine.runner import ModelRunner
@@ -31,7 +33,7 @@ class WarmUpPeaks:
 
 
 def warm_up(
-    runner: ModelRunner, codec: object, prompt: Prompt, chunk_positions: int, probe: MemoryProbe
+    runner: ModelRunner, codec: StreamingCodec, prompt: Prompt, chunk_positions: int, probe: MemoryProbe
 ) -> WarmUpPeaks:
     """Run the path on slot 0 (the codec streams ``runner.num_slots`` rows) and measure its peaks."""
     rows, num_codebooks = runner.num_slots, runner.cfg.num_codebooks
@@ -39,9 +41,9 @@ def warm_up(
     for _ in range(2):  # the second pass is measured: lazy initialisation is done by then
         base = probe.current()
         probe.reset_peak()
-        runner.prefill(0, prompt.tokens, prompt.mask, seed=0, temperature=0.9, top_k=50)
+        runner.prefill(0, prompt.tokens, prompt.mask, seed=0, temperature=DEFAULT_TEMPERATURE, top_k=DEFAULT_TOP_K)
         codes = runner.step(1, prompt.tokens.shape[0] + 1)
-        codec.decode_step(  # type: ignore[attr-defined]
+        codec.decode_step(
             torch.zeros(rows, codes.shape[1], dtype=torch.int64, device=runner.device),
             torch.zeros(rows, dtype=torch.bool, device=runner.device),
         )

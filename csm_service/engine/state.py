@@ -12,10 +12,11 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from csm_service.core.events import Finished, PcmChunk, Timings
+from csm_service.core.request import SpeechRequest
 from csm_service.engine.prompt import Prompt
-from csm_service.engine.request import AudioChunk, Finished, SynthesisRequest, Timings
 
-Event = AudioChunk | Finished
+Event = PcmChunk | Finished
 Sink = Callable[[Event], None]
 _ids = itertools.count(1)
 
@@ -36,7 +37,7 @@ class _CancelTarget(Protocol):
 class RequestHandle:
     """A submitted request: its prompt, its sink, and a thread-safe ``cancel``."""
 
-    def __init__(self, request: SynthesisRequest, sink: Sink, prompt: Prompt, seed: int) -> None:
+    def __init__(self, request: SpeechRequest, sink: Sink, prompt: Prompt, seed: int) -> None:
         self.id = next(_ids)
         self.request = request
         self.sink = sink

@@ -1,4 +1,5 @@
-"""Where a model comes from: a hub id (cache first), a local directory or file, or tiny-random.
+"""Where a checkpoint comes from: a hub id (cache first) or a local directory or file; and the
+test-size model with random weights (``tiny-random``, see :mod:`csm_service.model.registry`).
 
 Nothing here downloads anything unless the hub is reachable; an unreachable hub with an empty
 cache gives :class:`ModelNotAvailable` naming the files it needed.
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from csm_service.config import CSM_1B, TINY, TINY_RANDOM, CsmConfig
+from csm_service.config import CSM_1B, TINY, CsmConfig
 from csm_service.model.checkpoint import (
     CheckpointError,
     config_from_json,
@@ -22,7 +23,7 @@ from csm_service.model.checkpoint import (
     validate,
 )
 from csm_service.model.csm import CSM
-from csm_service.model.tokenizer import ByteTokenizer, Llama3Tokenizer, TextTokenizer
+from csm_service.model.tokenizer import Llama3Tokenizer, TextTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -168,13 +169,3 @@ def model_from_state_dict(state: dict[str, torch.Tensor], cfg: CsmConfig, dtype:
         raise CheckpointError(str(exc)) from exc
     model.init_buffers("cpu")
     return model
-
-
-def load_model(model_name: str, seed: int = 0, dtype: torch.dtype = torch.float32) -> tuple[CSM, TextTokenizer]:
-    """The model and its tokenizer, on CPU with parameters in ``dtype`` (the caller moves it)."""
-    if model_name == TINY_RANDOM:
-        log.warning("model 'tiny-random': random weights, test size -- its audio is NOISE, not speech")
-        return build_tiny_random(seed).to(dtype), ByteTokenizer()
-    files = resolve_model_files(model_name)
-    model = load_checkpoint(files, dtype=dtype)
-    return model, load_tokenizer(files)
