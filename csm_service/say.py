@@ -18,15 +18,22 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 
-from csm_service.audio.containers import FILE_FORMATS, FileFormat, encode_file, streaming_wav_header
+from csm_service.audio.containers import encode_file, streaming_wav_header
 from csm_service.audio.encoder import ALAW_8K, MULAW_8K, PCM16_24K, StreamEncoder
 from csm_service.audio.wav import wav_bytes
+from csm_service.core.constants import DEFAULT_VOICE, FRAME_MS, SAMPLES_PER_FRAME
+from csm_service.core.errors import InvalidRequest, SynthesisFailed
+from csm_service.core.formats import FILE_FORMATS, FileFormat
+from csm_service.core.request import Segment
 
-SAMPLES_PER_FRAME = 1920  # 80 ms at 24 kHz
+if TYPE_CHECKING:
+    from csm_service.config import EngineConfig
+    from csm_service.synthesizer import Synthesizer
+
 STREAM_FORMATS = ("pcm", "mulaw", "alaw", "wav")
 PLAYERS = {  # (program, arguments for raw s16le 24 kHz mono | mu-law | A-law 8 kHz)
     "aplay": {
@@ -95,12 +102,11 @@ def open_stream_sink(fmt: FileFormat) -> tuple[BinaryIO, subprocess.Popen | None
     raise SayError("--stream: stdout is a terminal and no player (aplay, paplay, ffplay) is installed; pipe it")
 
 
-def voice_context(args: argparse.Namespace, engine: object) -> tuple[list, int | None]:
+def voice_context(args: argparse.Namespace, synth: Synthesizer) -> tuple[list[Segment], int | None]:
     """``--voice`` -> (context segments, the voice's speaker or None)."""
     from csm_service.audio.decode import MIN_VOICE_SECONDS, AudioLimits, BadAudio, prompt_audio, to_pcm16
     from csm_service.config import build_config
-    from csm_service.engine.request import Segment
-    from csm_service.voices import DEFAULT_VOICE, VoiceStore
+    from csm_service.voices import VoiceStore
 
     spec = args.voice
     if spec in (None, DEFAULT_VOICE):
@@ -116,72 +122,84 @@ def voice_context(args: argparse.Namespace, engine: object) -> tuple[list, int |
             samples, rate = prompt_audio(path, limits)
         except BadAudio as exc:
             raise SayError(f"--voice {spec}: {exc}") from None
-        pcm = np.frombuffer(to_pcm16(samples), dtype="<i2").astype(np.float32) / 32768.0  # as a server upload is
-        codes = engine.encode_prompt(pcm, rate)  # type: ignore[attr-defined]
-        return [Segment(args.speaker or 0, args.voice_text, codes)], None
+        return [synth.encode_prompt(to_pcm16(samples), rate, args.voice_text, args.speaker or 0)], None
     voice = VoiceStore(args.data_dir or "./data").get(spec)
     if voice is None:
         raise SayError(f"--voice: {spec!r} is neither a file nor a voice profile in {args.data_dir or './data'}")
-    return [Segment(voice.speaker, voice.transcript, voice.codes)], voice.speaker
+    return [voice.context_segment()], voice.speaker
 
 
-def run_say(args: argparse.Namespace, engine_cfg: object) -> int:
-    from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
+def load_synthesizer(cfg: EngineConfig) -> Synthesizer:
+    from csm_service.synthesizer import Synthesizer
+
+    print(f"loading {cfg.model} ...", file=sys.stderr)
+    return Synthesizer.from_pretrained(
+        cfg.model, device=cfg.device, dtype=cfg.dtype, mimi_weights=cfg.mimi_weights, seed=cfg.seed
+    )
+
+
+def generate(
+    args: argparse.Namespace,
+    synth: Synthesizer,
+    encoder: Encoder,
+    sink: BinaryIO | None,
+    speaker: int,
+    context: list[Segment],
+) -> tuple[bytes, int]:
+    """The utterance into ``sink`` as it is made (or kept, for the file), with a progress bar on
+    stderr -> (the kept bytes, frames generated)."""
     from tqdm import tqdm
 
-    from csm_service.engine.request import InvalidRequest
-    from csm_service.synthesizer import SynthesisError, Synthesizer
+    if sink is not None and encoder.format.name == "wav":
+        sink.write(streaming_wav_header(encoder.format.sample_rate))
+    total_frames = max(1, args.max_audio_length_ms // FRAME_MS)
+    bar = tqdm(total=total_frames, unit="frame", desc="generating", file=sys.stderr, disable=args.no_progress)
+    start = time.perf_counter()
+    frames = 0
+    pieces: list[bytes] = []
+    chunks = synth.stream(
+        args.text,
+        speaker=speaker,
+        context=context,
+        max_audio_length_ms=args.max_audio_length_ms,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        seed=args.sample_seed,
+    )
+    previous = None
+    for pcm in itertools.chain(chunks, [None]):  # one behind, so the last chunk flushes the resampler
+        if previous is not None:
+            data = encoder.chunk(previous, last=pcm is None)
+            if sink is not None:
+                sink.write(data)
+                sink.flush()
+            else:
+                pieces.append(data)
+            frames += round(len(previous) / SAMPLES_PER_FRAME)
+            seconds = frames * FRAME_MS / 1000
+            bar.update(min(frames, total_frames) - bar.n)
+            bar.set_postfix(audio=f"{seconds:.2f}s", rtf=f"{(time.perf_counter() - start) / seconds:.2f}")
+        previous = pcm
+    bar.total = bar.n
+    bar.close()
+    return b"".join(pieces), frames
+
+
+def run_say(args: argparse.Namespace, engine_cfg: EngineConfig) -> int:
+    from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
 
     fmt = choose_format(args.format, args.output, args.stream)
     (disable_progress_bars if args.no_progress else enable_progress_bars)()  # the model download's bars
-    cfg = engine_cfg
-    print(f"loading {cfg.model} ...", file=sys.stderr)  # type: ignore[attr-defined]
-    synth = Synthesizer.from_pretrained(
-        cfg.model,  # type: ignore[attr-defined]
-        device=cfg.device,  # type: ignore[attr-defined]
-        dtype=cfg.dtype,  # type: ignore[attr-defined]
-        mimi_weights=cfg.mimi_weights,  # type: ignore[attr-defined]
-        seed=cfg.seed,  # type: ignore[attr-defined]
-    )
+    synth = load_synthesizer(engine_cfg)
     player = None
     try:
-        context, voice_speaker = voice_context(args, synth.engine)
+        context, voice_speaker = voice_context(args, synth)
         speaker = args.speaker if args.speaker is not None else (voice_speaker or 0)
         encoder = Encoder(fmt)
         sink, player = open_stream_sink(fmt) if args.stream else (None, None)
-        if sink is not None and fmt.name == "wav":
-            sink.write(streaming_wav_header(fmt.sample_rate))
-        total_frames = max(1, args.max_audio_length_ms // 80)
-        bar = tqdm(total=total_frames, unit="frame", desc="generating", file=sys.stderr, disable=args.no_progress)
         start = time.perf_counter()
-        frames = 0
-        pieces: list[bytes] = []
-        chunks = synth.stream(
-            args.text,
-            speaker=speaker,
-            context=context,
-            max_audio_length_ms=args.max_audio_length_ms,
-            temperature=args.temperature,
-            top_k=args.top_k,
-            seed=args.sample_seed,
-        )
-        previous = None
-        for pcm in itertools.chain(chunks, [None]):  # one behind, so the last chunk flushes the resampler
-            if previous is not None:
-                data = encoder.chunk(previous, last=pcm is None)
-                if sink is not None:
-                    sink.write(data)
-                    sink.flush()
-                else:
-                    pieces.append(data)
-                frames += round(len(previous) / SAMPLES_PER_FRAME)
-                seconds = frames * 0.08
-                bar.update(min(frames, total_frames) - bar.n)
-                bar.set_postfix(audio=f"{seconds:.2f}s", rtf=f"{(time.perf_counter() - start) / seconds:.2f}")
-            previous = pcm
-        bar.total = bar.n
-        bar.close()
-    except (InvalidRequest, SynthesisError, SayError) as exc:
+        data, frames = generate(args, synth, encoder, sink, speaker, context)
+    except (InvalidRequest, SynthesisFailed, SayError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:
@@ -192,17 +210,16 @@ def run_say(args: argparse.Namespace, engine_cfg: object) -> int:
             player.stdin.close()  # type: ignore[union-attr]
             player.wait()
     elapsed = time.perf_counter() - start
-    result = synth.last_result
     if not args.stream:
-        Path(args.output).write_bytes(encoder.whole_file(b"".join(pieces)))
+        Path(args.output).write_bytes(encoder.whole_file(data))
     where = "streamed" if args.stream else f"wrote {args.output}"
+    result = synth.last_result
+    ending = (
+        f" (first audio {result.timings.first_audio_s * 1000:.0f} ms, seed {result.seed}, end: {result.reason})"
+        if result
+        else ""
+    )
     print(
-        f"{where}: {frames * 0.08:.2f} s of audio ({fmt.name}) in {elapsed:.2f} s"
-        + (
-            f" (first audio {result.timings.first_audio_s * 1000:.0f} ms, seed {result.seed}, end: {result.reason})"
-            if result
-            else ""
-        ),
-        file=sys.stderr,
+        f"{where}: {frames * FRAME_MS / 1000:.2f} s of audio ({fmt.name}) in {elapsed:.2f} s{ending}", file=sys.stderr
     )
     return 0

@@ -15,11 +15,12 @@ import secrets
 
 from prometheus_client import CollectorRegistry
 
-from csm_service.auth import KeyChecker, grpc_metadata, warn_if_open
+from csm_service.auth import KeyChecker, warn_if_open
 from csm_service.config import ServiceConfig, api_key_entries
 from csm_service.edge.app import EdgeServer, build_app
 from csm_service.engine.runner import pick_device
 from csm_service.metrics import EngineMetrics
+from csm_service.rpc.auth import grpc_metadata
 from csm_service.rpc.client import EngineClient, client_policy
 from csm_service.rpc.server import EngineServer, caller_limits, server_policy
 from csm_service.rpc.worker import load_engine, stop_event

@@ -1,4 +1,4 @@
-"""Queue-based serverless jobs (RunPod ``/run``, ``/runsync``, ``/stream``) on an in-process engine.
+"""Queue-based serverless jobs (RunPod ``/run``, ``/runsync``, ``/stream``) on the in-process speech service.
 
 A job's ``input`` takes the fields of ``POST /synthesize`` (``text``, ``speaker``,
 ``max_audio_length_ms``, ``output_format``, ``seed``, ...) and ``stream``. The handler is an async
@@ -23,32 +23,24 @@ import base64
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import aclosing
 
-import numpy as np
-
-from csm_service.audio.encoder import StreamEncoder
+from csm_service.api.errors import ApiError
+from csm_service.api.speak import HttpFormat, parse_speak
 from csm_service.audio.wav import wav_bytes
 from csm_service.config import EngineConfig, ServiceConfig, build_config
-from csm_service.edge.errors import ApiError
-from csm_service.edge.params import parse_speak
-from csm_service.engine.engine import Engine, RequestHandle
-from csm_service.engine.request import (
-    AudioChunk,
-    EngineUnavailable,
-    Finished,
-    InvalidRequest,
-    Overloaded,
-    Segment,
-    SynthesisRequest,
-)
-from csm_service.rpc.formats import ENCODING_FORMATS, FINISH_REASON_NAMES, FINISH_REASONS
-from csm_service.voices import DEFAULT_VOICE, Voice, VoiceStore
+from csm_service.core.constants import DEFAULT_VOICE, MAX_TEXT_CHARS
+from csm_service.core.errors import UNKNOWN_VOICE, InvalidRequest, SpeechError
+from csm_service.core.events import SpeechChunk
+from csm_service.core.request import Segment
+from csm_service.engine.engine import Engine
+from csm_service.speech.local import LocalSpeechService, audio_duration_ms
+from csm_service.voices import Voice, VoiceStore
 
 log = logging.getLogger(__name__)
 
-MAX_TEXT_CHARS = 4000
-JOB_TIMEOUT_S = 600.0  # the longest wait for the engine's next event before the job fails
+JOB_TIMEOUT_S = 600.0  # the longest wait for the engine's next chunk before the job fails
 
 _engine: Engine | None = None
 _engine_lock = threading.Lock()
@@ -92,116 +84,76 @@ def _load_voice(voice_id: str) -> Voice | None:
     return VoiceStore(build_config({}).data_dir).get(voice_id)
 
 
-async def _submit(
-    engine: Engine, request: SynthesisRequest, sink: Callable[[AudioChunk | Finished], None]
-) -> RequestHandle:
-    """``engine.submit`` (validation, normalising, tokenising) off the event loop.
+async def _voice_prompt(voice_id: str) -> Segment | None:
+    """The profile's prompt (None for the built-in default); ApiError if there is no such profile."""
+    if voice_id == DEFAULT_VOICE:
+        return None
+    voice = await asyncio.to_thread(_load_voice, voice_id)
+    if voice is None:
+        raise ApiError(422, UNKNOWN_VOICE, repr(voice_id), "voice_profile_id")
+    return voice.context_segment()
 
-    A job stopped meanwhile (the SDK cancels its task) still frees the request once it is queued.
-    """
-    future = asyncio.get_running_loop().run_in_executor(None, engine.submit, request, sink)
-    try:
-        return await asyncio.shield(future)
-    except asyncio.CancelledError:
 
-        def cancel_when_queued(done: asyncio.Future[RequestHandle]) -> None:
-            if not done.cancelled() and done.exception() is None:
-                done.result().cancel()
+async def _next_chunk(chunks: AsyncIterator[SpeechChunk]) -> SpeechChunk:
+    """The utterance's next chunk; TimeoutError after ``JOB_TIMEOUT_S`` without one (the utterance is cancelled)."""
+    return await asyncio.wait_for(anext(chunks), JOB_TIMEOUT_S)
 
-        future.add_done_callback(cancel_when_queued)
-        raise
+
+def _stream_item(chunk: SpeechChunk, fmt: HttpFormat) -> dict:
+    return {
+        "audio_base64": _b64(chunk.audio),
+        "chunk_index": chunk.sequence,
+        "final": chunk.final,
+        "format": fmt.name,
+        "sample_rate": chunk.sample_rate,
+        "duration_ms": round(chunk.duration_ms),
+    }
 
 
 async def run_job(job_input: object, engine: Engine) -> AsyncIterator[dict]:
     """Yield the job's results (see the module docstring)."""
     try:
-        params = parse_speak(job_input, MAX_TEXT_CHARS)
+        job = parse_speak(job_input, MAX_TEXT_CHARS)  # checked as POST /synthesize's body
+        request = job.to_request(job.output_format.encoding, await _voice_prompt(job.voice_profile_id))
     except ApiError as err:
         yield _bad_input(str(err), err.field)
         return
-    fmt = params.output_format
-    encoder = StreamEncoder(ENCODING_FORMATS[fmt.encoding])
-    context: tuple[Segment, ...] = ()
-    speaker = params.speaker
-    if params.voice_profile_id != DEFAULT_VOICE:
-        voice = await asyncio.to_thread(_load_voice, params.voice_profile_id)
-        if voice is None:
-            yield _bad_input(f"Unknown voice profile: {params.voice_profile_id!r}", "voice_profile_id")
-            return
-        context = (Segment(voice.speaker, voice.transcript, voice.codes),)
-        speaker = voice.speaker if speaker is None else speaker
-    request = SynthesisRequest(
-        text=params.text,
-        speaker=speaker or 0,
-        context=context,
-        prefix_segments=len(context),
-        normalize_text=not params.raw_text,
-        max_audio_length_ms=params.max_audio_length_ms,
-        temperature=params.temperature if params.temperature is not None else 0.9,
-        top_k=params.top_k if params.top_k is not None else 50,
-        seed=params.seed,
-    )
-    loop = asyncio.get_running_loop()
-    events: asyncio.Queue[AudioChunk | Finished] = asyncio.Queue()
-
-    def sink(event: AudioChunk | Finished) -> None:  # on the engine's thread
-        loop.call_soon_threadsafe(events.put_nowait, event)
-
+    fmt, streamed = job.output_format, job.stream and not job.output_format.is_wav
     started = time.perf_counter()
+    first_audio_ms = None
+    parts: list[bytes] = []
+    final: SpeechChunk | None = None
     try:
-        handle = await _submit(engine, request, sink)
+        async with aclosing(LocalSpeechService(engine).stream(request)) as chunks:
+            while final is None:
+                chunk = await _next_chunk(chunks)
+                final = chunk if chunk.final else None
+                parts.append(chunk.audio)
+                if streamed:
+                    first_audio_ms = first_audio_ms or round((time.perf_counter() - started) * 1000)
+                    yield _stream_item(chunk, fmt)
     except InvalidRequest as exc:  # the engine's range checks
         yield _bad_input(str(exc), exc.field)
         return
-    except (Overloaded, EngineUnavailable) as exc:
+    except SpeechError as exc:  # overloaded, stopped, failed
         yield {"error": str(exc)}
         return
-    parts: list[bytes] = []
-    index = 0
-    first_audio_ms = None
-    try:
-        while True:
-            try:
-                event = await asyncio.wait_for(events.get(), JOB_TIMEOUT_S)
-            except TimeoutError:
-                yield {"error": f"synthesis timed out: no audio for {JOB_TIMEOUT_S:.0f} s"}
-                return
-            last = isinstance(event, Finished)
-            if last and event.reason in ("error", "cancelled"):
-                yield {"error": event.error or f"synthesis {event.reason}"}
-                return
-            data = encoder.encode(np.zeros(0, np.float32) if last else event.pcm, last=last)
-            parts.append(data)
-            if params.stream and not fmt.is_wav:
-                first_audio_ms = first_audio_ms or round((time.perf_counter() - started) * 1000)
-                yield {
-                    "audio_base64": _b64(data),
-                    "chunk_index": index,
-                    "final": last,
-                    "format": fmt.name,
-                    "sample_rate": fmt.sample_rate,
-                    "duration_ms": encoder.duration_ms(len(data)),
-                }
-                index += 1
-            if last:
-                break
-    finally:
-        handle.cancel()  # no-op when finished; frees the slot if the job was stopped or its consumer left
+    except TimeoutError:
+        yield {"error": f"synthesis timed out: no audio for {JOB_TIMEOUT_S:.0f} s"}
+        return
     audio = b"".join(parts)
-    elapsed_ms = round((time.perf_counter() - started) * 1000)
-    duration_ms = encoder.duration_ms(len(audio))
     common = {
-        "duration_ms": duration_ms,
-        "generation_time_ms": elapsed_ms,
-        "seed": event.seed,
-        "finish_reason": FINISH_REASON_NAMES[FINISH_REASONS[event.reason]],
+        "duration_ms": audio_duration_ms(request.encoding, len(audio)),
+        "generation_time_ms": round((time.perf_counter() - started) * 1000),
+        "seed": final.seed,
+        "finish_reason": final.finish_reason,
     }
-    if params.stream and not fmt.is_wav:
-        yield {"done": True, "chunks": index, "time_to_first_audio_ms": first_audio_ms, **common}
+    if streamed:
+        yield {"done": True, "chunks": final.sequence + 1, "time_to_first_audio_ms": first_audio_ms, **common}
         return
     if fmt.is_wav:
-        audio = wav_bytes(audio, fmt.sample_rate)
-    yield {"audio_base64": _b64(audio), "sample_rate": fmt.sample_rate, "format": fmt.name, **common}
+        audio = wav_bytes(audio, final.sample_rate)
+    yield {"audio_base64": _b64(audio), "sample_rate": final.sample_rate, "format": fmt.name, **common}
 
 
 async def handler(job: dict) -> AsyncIterator[dict]:

@@ -22,12 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from csm_service.rpc.convert import codes_to_proto
-from csm_service.rpc.gen.csm.v1 import tts_pb2 as pb
-
-DEFAULT_VOICE = "default"  # the built-in voice: no prompt, speaker id only
-NUM_CODEBOOKS = 32
-MIN_PROMPT_RATE, MAX_PROMPT_RATE = 8_000, 48_000  # sample rates EncodePrompt takes
+from csm_service.core.constants import DEFAULT_VOICE, NUM_CODEBOOKS, NUM_MIMI_CODES
+from csm_service.core.request import Segment
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS voices (
@@ -79,9 +75,9 @@ class Voice:
     def num_frames(self) -> int:
         return int(self.codes.shape[1])
 
-    def context_segment(self) -> pb.ContextSegment:
-        """The profile as the first context segment of an engine request."""
-        return pb.ContextSegment(speaker=self.speaker, text=self.transcript, codes=codes_to_proto(self.codes))
+    def context_segment(self) -> Segment:
+        """The profile as the first context segment of a speech request (its prompt)."""
+        return Segment(self.speaker, self.transcript, self.codes)
 
     def summary(self) -> dict[str, object]:
         """The JSON the API returns (codes only on request)."""
@@ -153,8 +149,8 @@ class VoiceStore:
         codes = np.asarray(codes)
         if codes.ndim != 2 or codes.shape[0] != NUM_CODEBOOKS or codes.shape[1] == 0:
             raise ValueError(f"codes must be [32, frames] with frames > 0, got {codes.shape}")
-        if codes.min() < 0 or codes.max() >= 2048:
-            raise ValueError("codes must be 0..2047")
+        if codes.min() < 0 or codes.max() >= NUM_MIMI_CODES:
+            raise ValueError(f"codes must be 0..{NUM_MIMI_CODES - 1}")
         voice = Voice(
             voice_id="voice_" + secrets.token_hex(8),
             name=name,

@@ -1,17 +1,23 @@
-"""Proto enums <-> audio formats (no torch: the edge imports this)."""
+"""csm.v1's enums and names beside their core counterparts: audio encodings, finish reasons, the service name."""
 
 from __future__ import annotations
 
-from csm_service.audio.encoder import ALAW_8K, MULAW_8K, PCM16_8K, PCM16_24K, OutputFormat
+from csm_service.core.request import AudioEncoding
 from csm_service.rpc.gen.csm.v1 import tts_pb2 as pb
 
-ENCODING_FORMATS: dict[int, OutputFormat] = {
-    pb.AUDIO_ENCODING_UNSPECIFIED: PCM16_24K,
-    pb.PCM16_24KHZ: PCM16_24K,
-    pb.PCM16_8KHZ: PCM16_8K,
-    pb.MULAW_8KHZ: MULAW_8K,
-    pb.ALAW_8KHZ: ALAW_8K,
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["TextToSpeechService"].full_name  # "csm.v1.TextToSpeechService"
+
+ENCODING_TO_PROTO: dict[AudioEncoding, int] = {
+    AudioEncoding.PCM16_24KHZ: pb.AUDIO_ENCODING_PCM16_24KHZ,
+    AudioEncoding.PCM16_8KHZ: pb.AUDIO_ENCODING_PCM16_8KHZ,
+    AudioEncoding.MULAW_8KHZ: pb.AUDIO_ENCODING_MULAW_8KHZ,
+    AudioEncoding.ALAW_8KHZ: pb.AUDIO_ENCODING_ALAW_8KHZ,
+}  # FLOAT32_24KHZ is for in-process callers only: it has no wire value
+ENCODING_FROM_PROTO: dict[int, AudioEncoding] = {
+    pb.AUDIO_ENCODING_UNSPECIFIED: AudioEncoding.PCM16_24KHZ,
+    **{wire: encoding for encoding, wire in ENCODING_TO_PROTO.items()},
 }
-FINISH_REASONS = {"eos": pb.END_OF_SPEECH, "max_length": pb.MAX_LENGTH}
-SERVICE_NAME = pb.DESCRIPTOR.services_by_name["TextToSpeech"].full_name  # "csm.v1.TextToSpeech"
-FINISH_REASON_NAMES = {pb.END_OF_SPEECH: "end_of_speech", pb.MAX_LENGTH: "max_length"}
+
+# FinishReason <-> the name a core SpeechChunk carries (core.events.FINISH_REASON_NAMES' values).
+FINISH_REASON_NAMES = {pb.FINISH_REASON_END_OF_SPEECH: "end_of_speech", pb.FINISH_REASON_MAX_LENGTH: "max_length"}
+FINISH_REASON_TO_PROTO = {name: wire for wire, name in FINISH_REASON_NAMES.items()}

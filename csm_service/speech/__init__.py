@@ -1,0 +1,1 @@
+"""The speech service in process: :class:`~csm_service.speech.local.LocalSpeechService` over an engine."""
