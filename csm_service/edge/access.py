@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from csm_service.api.routes import NATIVE_WS_PREFIX  # also takes ?api_key= and a first "auth" message
 from csm_service.auth import bearer_token
 from csm_service.edge.state import STATE
 
@@ -18,7 +19,6 @@ OPEN_PATHS = ("/", "/health", "/ping", "/openapi.json", "/docs")  # no key neede
 METRICS_PATH = "/metrics"  # open with keys on only when ServiceConfig.public_metrics
 # WebSockets check keys themselves: a query parameter or first message (native), or a Twilio
 # <Parameter name="api_key"> in the start event (Twilio sends no Authorization header).
-NATIVE_WS_PREFIX = "/v1/native/ws/"  # also takes ?api_key= and a first "auth" message
 SELF_AUTH_PREFIXES = (NATIVE_WS_PREFIX, "/v1/twilio/media-stream")
 UNMATCHED = "unmatched"  # the metrics label of a path no route serves
 

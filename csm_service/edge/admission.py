@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from csm_service.api.errors import ApiError
 from csm_service.auth import bearer_token
-from csm_service.edge.errors import RATE_LIMITED, SHUTTING_DOWN, TOO_MANY_IN_FLIGHT, UNAUTHORIZED, ApiError
-from csm_service.edge.rate_limit import InflightLease, client_id
+from csm_service.core.errors import RATE_LIMITED, SHUTTING_DOWN, TOO_MANY_IN_FLIGHT, UNAUTHORIZED
 from csm_service.edge.state import STATE, EdgeState
+from csm_service.limits import InflightLease, client_id
 from csm_service.tenants import Principal
 
 PRINCIPAL = "csm_principal"  # request[PRINCIPAL]: resolved once per request

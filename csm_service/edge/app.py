@@ -15,20 +15,21 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CollectorRegistry
 
-from csm_service.auth import KeyChecker, bearer_token, grpc_metadata, warn_if_open
+from csm_service.api.errors import ApiError
+from csm_service.auth import KeyChecker, bearer_token, warn_if_open
 from csm_service.config import ServiceConfig, api_key_entries
+from csm_service.core.errors import UNAUTHORIZED
 from csm_service.edge import access, http_api, openai_api, openapi, playground, voices_api
 from csm_service.edge.access import SELF_AUTH_PREFIXES
-from csm_service.edge.backend import Backend
 from csm_service.edge.connections import ConnectionLimits, GuardedAppRunner
-from csm_service.edge.errors import UNAUTHORIZED, ApiError
-from csm_service.edge.rate_limit import RateLimiter
 from csm_service.edge.state import STATE, EdgeState
 from csm_service.edge.twilio import routes as twilio_routes
 from csm_service.edge.ws_gate import GOING_AWAY, open_websocket
 from csm_service.edge.ws_session import WsSession
+from csm_service.limits import RateLimiter
 from csm_service.metrics import EdgeMetrics
-from csm_service.rpc.client import EngineClient, client_policy
+from csm_service.rpc.client import EngineClient, edge_client
+from csm_service.rpc.remote import RemoteSpeechService
 from csm_service.voices import VoiceStore
 
 log = logging.getLogger(__name__)
@@ -125,7 +126,7 @@ def build_app(
 ) -> web.Application:
     app = web.Application(client_max_size=cfg.max_body_bytes, middlewares=[json_errors, require_key])
     metrics = metrics or EdgeMetrics(registry)
-    backend = Backend(client, cfg.request_timeout_s, device_hint, on_replay=metrics.engine_replays.inc)
+    backend = RemoteSpeechService(client, cfg.request_timeout_s, device_hint, on_replay=metrics.engine_replays.inc)
     checker = checker or KeyChecker(api_key_entries(cfg))
     limiter = RateLimiter(cfg.rate_limit_per_s, cfg.rate_limit_burst)
     state = EdgeState(cfg, backend, registry, metrics, checker, limiter)
@@ -216,8 +217,8 @@ async def run_edge(cfg: ServiceConfig) -> int:
     if not cfg.engine_addresses:
         log.error("no engine workers: pass --engine host:port[,host:port...] or set CSM_ENGINE")
         return 2
-    keys = api_key_entries(cfg)  # grpc_metadata: the first admin key, else the first
-    client = EngineClient(list(cfg.engine_addresses), metadata=grpc_metadata(keys), **client_policy(cfg))
+    keys = api_key_entries(cfg)
+    client = edge_client(list(cfg.engine_addresses), cfg, keys)  # sends the first admin key, else the first
     registry = CollectorRegistry()
     checker = KeyChecker(keys)
     warn_if_open(checker, cfg.host, "the HTTP/WebSocket edge")

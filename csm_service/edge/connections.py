@@ -34,8 +34,8 @@ from typing import Any
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
+from csm_service.api.errors import ApiError
 from csm_service.config import ServiceConfig
-from csm_service.edge.errors import ApiError
 from csm_service.edge.state import STATE
 
 log = logging.getLogger(__name__)

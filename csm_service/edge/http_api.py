@@ -12,17 +12,18 @@ from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from csm_service import __version__
+from csm_service.api.errors import ApiError
+from csm_service.api.speak import parse_speak
 from csm_service.audio.wav import wav_bytes
+from csm_service.core.errors import INVALID_MESSAGE_FORMAT
 from csm_service.edge import safe_json
 from csm_service.edge.access import has_valid_key
 from csm_service.edge.admission import admit, hold_request_utterance, request_principal
-from csm_service.edge.errors import INVALID_MESSAGE_FORMAT, LOADING_RETRY_S, ApiError
-from csm_service.edge.params import parse_speak
-from csm_service.edge.rate_limit import retry_after_header
-from csm_service.edge.speech import Spoken, speak
+from csm_service.edge.errors import LOADING_RETRY_S
+from csm_service.edge.speech import Spoken, speak, synthesis_request
 from csm_service.edge.state import STATE
-from csm_service.edge.voices_api import lookup_voice, synthesis_request
-from csm_service.rpc.formats import FINISH_REASON_NAMES
+from csm_service.edge.voices_api import lookup_voice
+from csm_service.limits import retry_after_header
 
 log = logging.getLogger(__name__)
 RETRY_LATER = {"Retry-After": str(LOADING_RETRY_S)}  # every 503 says when to come back
@@ -160,7 +161,7 @@ async def _synthesize(request: web.Request, started: float) -> web.Response:
     if fmt.is_wav:
         audio = wav_bytes(audio, fmt.sample_rate)
     elapsed_s = time.perf_counter() - started
-    final, first = spoken.final, spoken.first_timings
+    first = spoken.first_timings
     body: dict[str, object] = {
         "audio_base64": base64.b64encode(audio).decode("ascii"),
         "sample_rate": fmt.sample_rate,
@@ -168,7 +169,7 @@ async def _synthesize(request: web.Request, started: float) -> web.Response:
         "generation_time_ms": round(elapsed_s * 1000),
         "format": fmt.name,
         "seed": spoken.seed,
-        "finish_reason": FINISH_REASON_NAMES.get(final.finish_reason, "unknown") if final else "unknown",
+        "finish_reason": spoken.finish_reason,
         "pieces": spoken.pieces,
         "piece_frames": spoken.piece_frames,
         "prompt_positions": first.prompt_positions if first else 0,

@@ -24,44 +24,40 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import numpy as np
 from aiohttp import web
 
-from csm_service.audio.containers import FILE_FORMATS, NO_ENCODER, FileFormat, encode_file, streaming_wav_header
+from csm_service.api.errors import ApiError
+from csm_service.api.openai import EXTENSION_FIELDS, MODEL_ID, OPENAI_VOICES, OpenAISpeech
+from csm_service.api.speak import SpeakParams, parse_speak
+from csm_service.api.validation import validate
+from csm_service.audio.containers import encode_file, streaming_wav_header
 from csm_service.audio.encoder import ALAW_8K, MULAW_8K, StreamEncoder
-from csm_service.audio.stretch import MAX_SPEED, MIN_SPEED, TimeStretch
+from csm_service.audio.stretch import TimeStretch
 from csm_service.audio.wav import float_to_pcm16
-from csm_service.config import FRAME_MS
+from csm_service.core.constants import DEFAULT_VOICE, FRAME_MS
+from csm_service.core.errors import INVALID_MESSAGE_FORMAT, SYNTHESIS_FAILED
+from csm_service.core.events import SpeechChunk
+from csm_service.core.formats import FILE_FORMATS, FileFormat
+from csm_service.core.request import AudioEncoding
 from csm_service.edge.admission import admit, hold_request_utterance, request_principal
-from csm_service.edge.errors import INVALID_MESSAGE_FORMAT, ApiError
 from csm_service.edge.http_api import read_json
-from csm_service.edge.params import DEFAULT_VOICE, SpeakParams, parse_speak
-from csm_service.edge.rate_limit import retry_after_header
-from csm_service.edge.speech import Spoken, speak
+from csm_service.edge.speech import Spoken, speak, synthesis_request
 from csm_service.edge.state import STATE, EdgeState
-from csm_service.edge.voices_api import lookup_voice, synthesis_request
-from csm_service.rpc.formats import FINISH_REASON_NAMES
-from csm_service.rpc.gen.csm.v1 import tts_pb2 as pb
+from csm_service.edge.voices_api import lookup_voice
+from csm_service.limits import retry_after_header
 from csm_service.tenants import Principal
 from csm_service.voices import VoiceStore
 
 log = logging.getLogger(__name__)
 
 OPENAI_PATHS = ("/v1/audio/", "/v1/models")
-OPENAI_VOICES = ("alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "onyx", "sage", "shimmer", "verse")
-STREAM_FORMATS = ("audio", "sse")
 MS_PER_CHAR, MIN_DEFAULT_MS = 150, 5_000  # default audio budget: ~2.5x a normal speaking rate
-EXTENSION_FIELDS = ("seed", "temperature", "top_k", "speaker", "max_audio_length_ms", "raw_text")
-MODEL_ID = "csm-1b"
-MAX_MODEL_CHARS = 256
 MAX_LISTED_VOICES = 500  # GET /v1/audio/voices has no pagination in Open WebUI's shape
 LISTED_SINCE = int(time.time())  # "created" in the model list
-
-
-def _invalid(param: str, message: str) -> ApiError:
-    return ApiError(400, INVALID_MESSAGE_FORMAT, f"{param}: {message}", param)
 
 
 def openai_error(err: ApiError) -> web.Response:
@@ -93,14 +89,9 @@ def _stored_voice_ids(store: VoiceStore, name: str, scope: str | None) -> list[s
     return store.find_by_name(name, scope, limit=2)
 
 
-async def _voice_id(state: EdgeState, voice: object, principal: Principal) -> str:
-    """OpenAI's ``voice`` -> a voice_profile_id: stock names and "default" are the default voice;
-    else a profile's id or name among those the caller's tenant may use."""
-    if isinstance(voice, dict):
-        voice = voice.get("id")
-    if not isinstance(voice, str) or not voice.strip():
-        raise _invalid("voice", 'required: a voice name or id (GET /v1/audio/voices), or {"id": ...}')
-    name = voice.strip()
+async def _voice_id(state: EdgeState, name: str, principal: Principal) -> str:
+    """OpenAI's ``voice`` (a name, checked by the model) -> a voice_profile_id: stock names and
+    "default" are the default voice; else a profile's id or name among those the caller's tenant may use."""
     if name.lower() in (DEFAULT_VOICE, *OPENAI_VOICES):
         return DEFAULT_VOICE
     matches = await asyncio.to_thread(_stored_voice_ids, state.voices, name, principal.voice_scope)
@@ -111,40 +102,15 @@ async def _voice_id(state: EdgeState, voice: object, principal: Principal) -> st
 
 
 async def parse_speech(body: object, state: EdgeState, principal: Principal) -> SpeechRequest:
-    """An OpenAI speech request body -> SpeechRequest; ApiError 400 naming the bad parameter."""
-    if not isinstance(body, dict):
-        raise ApiError(400, INVALID_MESSAGE_FORMAT, f"expected a JSON object, got {type(body).__name__}")
-    model = body.get("model")
-    if not isinstance(model, str) or not model.strip() or len(model) > MAX_MODEL_CHARS:
-        raise _invalid(
-            "model", f"required: a model name of at most {MAX_MODEL_CHARS} characters ({MODEL_ID} serves all)"
-        )
-    text = body.get("input")
-    if not isinstance(text, str):
-        raise _invalid("input", "required: the text to speak")
-    fmt_name = "mp3" if body.get("response_format") is None else body["response_format"]
-    if not isinstance(fmt_name, str):
-        raise _invalid("response_format", "must be a string")
-    if fmt_name in NO_ENCODER:
-        raise _invalid("response_format", f"{fmt_name} is not available here; use one of {', '.join(FILE_FORMATS)}")
-    fmt = FILE_FORMATS.get(fmt_name)
-    if fmt is None:
-        raise _invalid("response_format", f"must be one of {', '.join(FILE_FORMATS)}, got {fmt_name[:40]!r}")
-    speed = body.get("speed", 1.0)
-    if speed is None:
-        speed = 1.0
-    if isinstance(speed, bool) or not isinstance(speed, (int, float)) or not MIN_SPEED <= speed <= MAX_SPEED:
-        raise _invalid("speed", f"must be a number from {MIN_SPEED} to {MAX_SPEED}, got {speed!r}"[:120])
-    stream_format = "audio" if body.get("stream_format") is None else body["stream_format"]
-    if not isinstance(stream_format, str) or stream_format not in STREAM_FORMATS:
-        raise _invalid("stream_format", f"must be one of {', '.join(STREAM_FORMATS)}, got {stream_format!r}"[:120])
-    for field in ("instructions",):  # accepted and not used: CSM takes no style prompt
-        if body.get(field) is not None and not isinstance(body[field], str):
-            raise _invalid(field, "must be a string")
+    """An OpenAI speech request body -> SpeechRequest; ApiError 400 naming the bad parameter.
+    OpenAI's fields first (:class:`~csm_service.api.openai.OpenAISpeech`), then the voice,
+    then the text and the extensions as a native request."""
+    speech = validate(OpenAISpeech, body, status=400)
     cfg = state.cfg
+    text = speech.input
     default_ms = min(cfg.max_audio_length_ms, max(MIN_DEFAULT_MS, len(text) * MS_PER_CHAR) // FRAME_MS * FRAME_MS)
-    native = {"text": text, "voice_profile_id": await _voice_id(state, body.get("voice"), principal)}
-    native.update({k: body[k] for k in EXTENSION_FIELDS if body.get(k) is not None})
+    native = {"text": text, "voice_profile_id": await _voice_id(state, speech.voice, principal)}
+    native.update({k: body[k] for k in EXTENSION_FIELDS if body.get(k) is not None})  # type: ignore[union-attr]
     native.setdefault("max_audio_length_ms", default_ms)
     try:
         params = parse_speak(native, cfg.max_text_chars, cfg.max_audio_length_ms)
@@ -152,7 +118,8 @@ async def parse_speech(body: object, state: EdgeState, principal: Principal) -> 
         if err.field == "text":  # OpenAI calls it input
             raise ApiError(400, err.message, (err.detail or "").replace("text:", "input:", 1), "input") from None
         raise ApiError(400, err.message, err.detail, err.field) from None
-    return SpeechRequest(params, fmt, float(speed), stream_format == "sse")
+    file_format = FILE_FORMATS[speech.response_format]  # type: ignore[index]
+    return SpeechRequest(params, file_format, float(speech.speed), speech.stream_format == "sse")  # type: ignore[arg-type]
 
 
 class SpeechAudio:
@@ -165,9 +132,9 @@ class SpeechAudio:
         # Untouched audio comes from the engine already encoded; stretched audio is re-encoded here.
         self.g711 = StreamEncoder(g711) if g711 is not None and self.stretch is not None else None
         if fmt.g711 is None or self.stretch is not None:
-            self.engine_encoding = pb.PCM16_24KHZ
+            self.engine_encoding = AudioEncoding.PCM16_24KHZ
         else:
-            self.engine_encoding = pb.MULAW_8KHZ if fmt.g711 == "mulaw" else pb.ALAW_8KHZ
+            self.engine_encoding = AudioEncoding.MULAW_8KHZ if fmt.g711 == "mulaw" else AudioEncoding.ALAW_8KHZ
         self.bytes_per_s = fmt.sample_rate * (1 if fmt.g711 else 2)
 
     def convert(self, audio: bytes, last: bool) -> bytes:
@@ -210,7 +177,7 @@ async def _create_speech(request: web.Request, state: EdgeState) -> web.StreamRe
             state.metrics.requests.labels("openai_speech", err.outcome).inc()
             return openai_error(err)
         except StopAsyncIteration:
-            return openai_error(ApiError(500, "Synthesis failed", "the engine sent no audio"))
+            return openai_error(ApiError(500, SYNTHESIS_FAILED, "the engine sent no audio"))
         first_audio_s = time.perf_counter() - started
         state.metrics.ttfa.labels("openai_speech").observe(first_audio_s)
         response = web.StreamResponse(
@@ -221,28 +188,8 @@ async def _create_speech(request: web.Request, state: EdgeState) -> web.StreamRe
             }
         )
         await response.prepare(request)
-        sent = 0
-        held: list[bytes] = []  # formats written at the end
         try:
-            if speech.file_format.name == "wav" and not speech.sse:
-                await response.write(streaming_wav_header(speech.file_format.sample_rate))
-            chunk = first
-            while True:
-                data = audio.convert(chunk.audio, chunk.final)
-                if not speech.file_format.streams:
-                    held.append(data)
-                elif data:
-                    if speech.sse and speech.file_format.name == "wav" and sent == 0:
-                        data = streaming_wav_header(speech.file_format.sample_rate) + data
-                    await response.write(_sse_delta(data) if speech.sse else data)
-                    sent += len(data)
-                if chunk.final:
-                    break
-                chunk = await anext(chunks)
-            if held:
-                pcm16 = np.frombuffer(b"".join(held), dtype="<i2")
-                data = await asyncio.to_thread(encode_file, pcm16, speech.file_format)
-                await response.write(_sse_delta(data) if speech.sse else data)
+            await _write_audio(response, speech, audio, first, chunks)
         except ApiError as err:  # after audio went out: SSE says so; a raw body is cut short
             state.metrics.requests.labels("openai_speech", err.outcome).inc()
             log.warning("speech stream failed after audio was sent: %s", err)
@@ -258,25 +205,60 @@ async def _create_speech(request: web.Request, state: EdgeState) -> web.StreamRe
     if duration_s:
         state.metrics.rtf.labels("openai_speech").observe(elapsed_s / duration_s)
     if speech.sse:
-        output_tokens = spoken.num_frames
-        input_tokens = sum(spoken.piece_prompt_positions)
-        final = spoken.final
-        done = {
-            "type": "speech.audio.done",
-            "usage": {
-                "input_tokens": input_tokens,
-                "output_tokens": output_tokens,
-                "total_tokens": input_tokens + output_tokens,
-            },
-            "seed": spoken.seed,
-            "finish_reason": FINISH_REASON_NAMES.get(final.finish_reason, "unknown") if final else "unknown",
-            "duration_ms": round(duration_s * 1000),
-            "time_to_first_audio_ms": round(first_audio_s * 1000),
-            "real_time_factor": round(elapsed_s / duration_s, 4) if duration_s else None,
-        }
-        await response.write(_sse(done))
+        await response.write(_sse(_done_event(spoken, duration_s, first_audio_s, elapsed_s)))
     await response.write_eof()
     return response
+
+
+async def _write_audio(
+    response: web.StreamResponse,
+    speech: SpeechRequest,
+    audio: SpeechAudio,
+    first: SpeechChunk,
+    chunks: AsyncIterator[SpeechChunk],
+) -> None:
+    """The body from ``first`` on: streamed as generated (raw or SSE deltas), or whole at the end for
+    formats that cannot stream. Raises ApiError when the utterance fails."""
+    sent = 0
+    held: list[bytes] = []  # formats written at the end
+    if speech.file_format.name == "wav" and not speech.sse:
+        await response.write(streaming_wav_header(speech.file_format.sample_rate))
+    chunk = first
+    while True:
+        data = audio.convert(chunk.audio, chunk.final)
+        if not speech.file_format.streams:
+            held.append(data)
+        elif data:
+            if speech.sse and speech.file_format.name == "wav" and sent == 0:
+                data = streaming_wav_header(speech.file_format.sample_rate) + data
+            await response.write(_sse_delta(data) if speech.sse else data)
+            sent += len(data)
+        if chunk.final:
+            break
+        chunk = await anext(chunks)
+    if held:
+        pcm16 = np.frombuffer(b"".join(held), dtype="<i2")
+        data = await asyncio.to_thread(encode_file, pcm16, speech.file_format)
+        await response.write(_sse_delta(data) if speech.sse else data)
+
+
+def _done_event(spoken: Spoken, duration_s: float, first_audio_s: float, elapsed_s: float) -> dict[str, object]:
+    """SSE's ``speech.audio.done``: usage in tokens (prompt positions in, frames out) and timings."""
+    output_tokens = spoken.num_frames
+    input_tokens = sum(spoken.piece_prompt_positions)
+    return {
+        "type": "speech.audio.done",
+        "usage": {
+            "input_tokens": input_tokens,
+            "output_tokens": output_tokens,
+            "total_tokens": input_tokens + output_tokens,
+        },
+        "seed": spoken.seed,
+        "finish_reason": spoken.finish_reason,
+        "duration_ms": round(duration_s * 1000),
+        "time_to_first_audio_ms": round(first_audio_s * 1000),
+        "real_time_factor": round(elapsed_s / duration_s, 4) if duration_s else None,
+    }
 
 
 def _sse_delta(data: bytes) -> bytes:

@@ -10,15 +10,24 @@ length), so a piece that never reaches its end frame cannot starve the ones afte
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import re
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from csm_service.config import FRAME_MS
+import numpy as np
+
+from csm_service.api.speak import SpeakParams
+from csm_service.core.constants import FRAME_MS, NUM_CODEBOOKS
+from csm_service.core.errors import SpeechError
+from csm_service.core.events import SpeechChunk, Timings
+from csm_service.core.request import AudioEncoding, Segment, SpeechRequest
+from csm_service.core.service import EncodedPrompt, PromptAudio
 from csm_service.edge.backend import Backend
-from csm_service.edge.params import DEFAULT_MAX_AUDIO_MS
-from csm_service.rpc.gen.csm.v1 import tts_pb2 as pb
+from csm_service.edge.errors import from_speech_error
+from csm_service.voices import Voice
 
 _SENTENCE_END = re.compile(r"(?<=[.!?…])[\"')\]]*\s+")
 _CLAUSE_END = re.compile(r"(?<=[,;:—–])\s+")
@@ -55,6 +64,19 @@ def split_text(text: str, max_chars: int) -> list[str]:
     return _pack([u for u in units if u], max_chars)
 
 
+def synthesis_request(params: SpeakParams, encoding: AudioEncoding, voice: Voice | None) -> SpeechRequest:
+    """The engine request: the voice's prompt first (a cached prefix); session context goes after it."""
+    return params.to_request(encoding, voice.context_segment() if voice is not None else None)
+
+
+async def encode_prompt(backend: Backend, prompt: PromptAudio) -> EncodedPrompt:
+    """Audio + transcript -> Mimi codes on an engine; raises ApiError."""
+    try:
+        return await backend.encode_prompt(prompt)
+    except SpeechError as exc:
+        raise from_speech_error(exc) from None
+
+
 @dataclass
 class Spoken:
     """What the utterance produced, filled in as it streams."""
@@ -62,60 +84,80 @@ class Spoken:
     pieces: int = 0
     seed: int = 0  # the first piece's; piece i uses seed + i
     num_frames: int = 0
-    codes: list[int] = field(default_factory=list)  # every piece's codes, frame-major
+    piece_codes: list[np.ndarray] = field(default_factory=list)  # each piece's codes [32, F]
     piece_frames: list[int] = field(default_factory=list)
     piece_prompt_positions: list[int] = field(default_factory=list)  # context + text rows per piece
-    final: pb.AudioChunk | None = None  # the last piece's final chunk (timings, reason, seed)
-    first_timings: pb.Timings | None = None  # the first piece's (time to first audio, prefill)
+    final: SpeechChunk | None = None  # the last piece's final chunk (timings, reason, seed)
+    first_timings: Timings | None = None  # the first piece's (time to first audio, prefill)
+
+    @property
+    def codes(self) -> np.ndarray | None:
+        """Every piece's codes [32, num_frames], or None before any piece ended."""
+        return np.concatenate(self.piece_codes, axis=1) if self.piece_codes else None
+
+    @property
+    def finish_reason(self) -> str:
+        return (self.final.finish_reason or "unknown") if self.final is not None else "unknown"
+
+
+def _piece_request(
+    request: SpeechRequest, pieces: list[str], index: int, spent_frames: int, seed: int
+) -> SpeechRequest:
+    """Piece ``index`` with its share of the audio budget that is left, by text length, so no piece
+    can starve the rest; its seed follows from the utterance's."""
+    text = pieces[index]
+    left_ms = request.max_audio_length_ms - spent_frames * FRAME_MS
+    share = len(text) / sum(len(p) for p in pieces[index:])
+    max_ms = max(FRAME_MS, int(left_ms * share) // FRAME_MS * FRAME_MS)
+    return dataclasses.replace(request, text=text, max_audio_length_ms=max_ms, seed=(seed + index) % 2**63)
 
 
 async def speak(
     backend: Backend,
-    request: pb.SynthesizeRequest,
+    request: SpeechRequest,
     max_piece_chars: int,
     spoken: Spoken,
-) -> AsyncIterator[pb.AudioChunk]:
+) -> AsyncIterator[SpeechChunk]:
     """Stream ``request`` (its context already set), splitting long text; raises ApiError."""
     pieces = split_text(request.text, max_piece_chars)
-    if not request.HasField("seed"):  # drawn here so every piece's seed follows from the one reported
-        request.seed = secrets.randbits(63)
-    spoken.seed = request.seed
-    budget_ms = request.max_audio_length_ms if request.HasField("max_audio_length_ms") else DEFAULT_MAX_AUDIO_MS
+    # Drawn here when not given, so every piece's seed follows from the one reported.
+    spoken.seed = secrets.randbits(63) if request.seed is None else request.seed
+    budget_ms = request.max_audio_length_ms
     sequence = 0
-    previous: pb.ContextSegment | None = None
+    previous: Segment | None = None
     for index, text in enumerate(pieces):
-        piece = pb.SynthesizeRequest()
-        piece.CopyFrom(request)
-        piece.text = text
-        # Each piece gets its share of what is left, by text length, so no piece can starve the rest.
-        left_ms = budget_ms - spoken.num_frames * FRAME_MS
-        share = len(text) / sum(len(p) for p in pieces[index:])
-        piece.max_audio_length_ms = max(FRAME_MS, int(left_ms * share) // FRAME_MS * FRAME_MS)
-        if request.HasField("seed"):
-            piece.seed = (request.seed + index) % 2**63
-        if previous is not None:
-            piece.context.append(previous)  # after the voice prefix and the session context
+        piece = _piece_request(request, pieces, index, spoken.num_frames, spoken.seed)
+        if previous is not None:  # after the voice prefix and the session context
+            piece = dataclasses.replace(piece, context=(*piece.context, previous))
         last_piece = index == len(pieces) - 1
-        async for chunk in backend.stream(piece):
-            if not chunk.final:
-                chunk.sequence = sequence
-                sequence += 1
-                yield chunk
-                continue
-            spoken.pieces += 1
-            spoken.num_frames += chunk.num_frames
-            spoken.codes.extend(chunk.codes)
-            spoken.piece_frames.append(chunk.num_frames)
-            spoken.piece_prompt_positions.append(chunk.timings.prompt_positions)
-            if spoken.first_timings is None:
-                spoken.first_timings = chunk.timings
-            out_of_budget = budget_ms - spoken.num_frames * FRAME_MS < FRAME_MS
-            chunk.sequence = sequence
-            sequence += 1
-            if last_piece or out_of_budget:
-                spoken.final = chunk
-                yield chunk
-                return
-            chunk.final = False  # the utterance goes on with the next piece
-            yield chunk
-            previous = pb.ContextSegment(speaker=request.speaker, text=text, codes=chunk.codes)
+        started = False
+        try:
+            async with contextlib.aclosing(backend.stream(piece)) as chunks:
+                async for chunk in chunks:
+                    if not chunk.final:
+                        started = True
+                        yield dataclasses.replace(chunk, sequence=sequence)
+                        sequence += 1
+                        continue
+                    _piece_ended(spoken, chunk)
+                    out_of_budget = budget_ms - spoken.num_frames * FRAME_MS < FRAME_MS
+                    if last_piece or out_of_budget:
+                        spoken.final = dataclasses.replace(chunk, sequence=sequence)
+                        yield spoken.final
+                        return
+                    # the utterance goes on with the next piece
+                    yield dataclasses.replace(chunk, sequence=sequence, final=False)
+                    sequence += 1
+                    previous = Segment(request.speaker, text, chunk.codes)
+        except SpeechError as exc:
+            raise from_speech_error(exc, started) from None
+
+
+def _piece_ended(spoken: Spoken, final: SpeechChunk) -> None:
+    spoken.pieces += 1
+    spoken.num_frames += final.num_frames
+    spoken.piece_codes.append(final.codes if final.codes is not None else np.zeros((NUM_CODEBOOKS, 0), np.int64))
+    spoken.piece_frames.append(final.num_frames)
+    spoken.piece_prompt_positions.append(final.timings.prompt_positions if final.timings else 0)
+    if spoken.first_timings is None:
+        spoken.first_timings = final.timings

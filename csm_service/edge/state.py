@@ -1,4 +1,4 @@
-"""What every edge handler shares: config, backend, metrics, open sessions."""
+"""What every edge handler shares: config, the speech service (backend), metrics, open sessions."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 from csm_service.auth import KeyChecker
 from csm_service.config import ServiceConfig
 from csm_service.edge.backend import Backend
-from csm_service.edge.rate_limit import InflightLimiter, RateLimiter
+from csm_service.limits import InflightLimiter, RateLimiter
 from csm_service.metrics import EdgeMetrics
 from csm_service.voices import VoiceStore
 

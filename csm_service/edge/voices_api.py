@@ -1,7 +1,8 @@
 """Voice profiles over HTTP (``/v1/voices``) and their use by synthesis requests.
 
 ``POST /v1/voices`` takes multipart form data: ``file`` (WAV, FLAC, OGG or MP3 at any rate),
-``transcript`` (what it says), ``name``, and optionally ``speaker`` and ``description``. The edge
+``transcript`` (what it says), ``name``, and optionally ``speaker`` and ``description``
+(:class:`~csm_service.api.voices.VoiceUpload`). The edge
 decodes the file, the engine encodes it to Mimi codes (gRPC ``EncodePrompt``), and the profile
 is stored in SQLite. A synthesis with ``voice_profile_id`` sends the profile as its first context
 segment, marked as a stable prefix, so the engine computes its KV once and reuses it.
@@ -10,41 +11,34 @@ segment, marked as a stable prefix, so the engine computes its KV once and reuse
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import dataclasses
-import re
 
 import numpy as np
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from csm_service.api.errors import ApiError
+from csm_service.api.validation import validate
+from csm_service.api.voices import CURSOR, DEFAULT_PAGE, MAX_PAGE, VoiceUpload
 from csm_service.audio.decode import (
     MIN_VOICE_SECONDS,
     AudioLimits,
     BadAudio,
-    UnacceptedFormat,
     prompt_audio,
     to_pcm16,
 )
-from csm_service.audio.g711 import mulaw_to_pcm16
+from csm_service.core.constants import DEFAULT_VOICE
+from csm_service.core.errors import INVALID_MESSAGE_FORMAT, UNKNOWN_VOICE
+from csm_service.core.service import PromptAudio
 from csm_service.edge.admission import admit, request_principal
-from csm_service.edge.errors import INVALID_MESSAGE_FORMAT, UNKNOWN_VOICE, ApiError
-from csm_service.edge.params import MAX_INT32, SpeakParams
+from csm_service.edge.speech import encode_prompt
 from csm_service.edge.state import STATE, EdgeState
-from csm_service.rpc.convert import codes_from_proto
-from csm_service.rpc.gen.csm.v1 import tts_pb2 as pb
 from csm_service.tenants import Principal
-from csm_service.voices import BUILTIN_DEFAULT, DEFAULT_VOICE, Voice, VoiceLimitReached
+from csm_service.voices import BUILTIN_DEFAULT, Voice, VoiceLimitReached
 
 INVALID_AUDIO = "Invalid audio"
-MAX_TRANSCRIPT_CHARS, MAX_NAME_CHARS, MAX_DESCRIPTION_CHARS = 2000, 100, 500
 MAX_FIELD_BYTES = 16 << 10  # a text form field (the audio: ServiceConfig.max_upload_bytes)
 AUDIO_PARTS = ("file", "audio")  # the recording's part; "audio" is an alias
-ENCODE_TIMEOUT_S = 60.0
 VOICE_LIMIT = "Voice limit reached"
-DEFAULT_PAGE, MAX_PAGE = 100, 500  # GET /v1/voices: profiles per page (the default fits max_voices_per_tenant)
-CURSOR = re.compile(r"[0-9]{1,20}(\.[0-9]{1,20})?-[A-Za-z0-9_]{1,64}")  # created_at-voice_id, ASCII only
 BOOLEAN_VALUES = ("true", "false", "1", "0")
 
 
@@ -104,32 +98,12 @@ async def _read_part(part: BodyPartReader, name: str, limit: int) -> bytes:
     return bytes(data)
 
 
-def _text_field(fields: dict[str, str], name: str, max_chars: int, required: bool) -> str:
-    value = fields.get(name, "").strip()
-    if required and not value:
-        raise _field_error(name, "required, non-empty")
-    if len(value) > max_chars:
-        raise _field_error(name, f"at most {max_chars} characters")
-    return value
-
-
-def _speaker_field(fields: dict[str, str]) -> int:
-    raw = fields.get("speaker", "").strip()
-    if not raw:
-        return 0
-    if not raw.isdigit() or int(raw) > MAX_INT32:
-        raise _field_error("speaker", f"must be an integer from 0 to {MAX_INT32}, got {raw[:20]!r}")
-    return int(raw)
-
-
 def _audio_error(field: str, exc: BadAudio) -> ApiError:
     return ApiError(422, INVALID_AUDIO, f"{field}: {exc}", field)
 
 
-def _prepare_audio(data: bytes | None, limits: AudioLimits) -> tuple[np.ndarray, int]:
+def _prepare_audio(data: bytes, limits: AudioLimits) -> tuple[np.ndarray, int]:
     """The upload's samples, checked by its header first and decoded within ``limits`` (never whole)."""
-    if data is None:
-        raise ApiError(400, INVALID_MESSAGE_FORMAT, "file: required (the voice's reference recording)", "file")
     try:
         return prompt_audio(data, limits)
     except BadAudio as exc:
@@ -142,15 +116,12 @@ async def create_voice(request: web.Request) -> web.Response:
     owner = request_principal(request).tenant  # keys off: None, a shared profile
     await _check_room(state, owner)  # before the upload is read and encoded: a full tenant costs little
     audio, fields = await _read_form(request, state.cfg.max_upload_bytes, state.cfg.max_form_parts)
-    transcript = _text_field(fields, "transcript", MAX_TRANSCRIPT_CHARS, required=True)
-    name = _text_field(fields, "name", MAX_NAME_CHARS, required=True)
-    description = _text_field(fields, "description", MAX_DESCRIPTION_CHARS, required=False)
-    speaker = _speaker_field(fields)
+    form = validate(VoiceUpload, {**fields, "file": audio})  # the text fields in order, then the audio
+    transcript, name, description, speaker = form.transcript, form.name, form.description, form.speaker
     limits = AudioLimits.from_config(state.cfg, min_seconds=MIN_VOICE_SECONDS)
-    samples, rate = await asyncio.to_thread(_prepare_audio, audio, limits)
-    prompt = pb.EncodePromptRequest(audio=to_pcm16(samples), sample_rate=rate, transcript=transcript, speaker=speaker)
-    encoded = await state.backend.encode_prompt(prompt, ENCODE_TIMEOUT_S)
-    codes = codes_from_proto(encoded.codes, "codes")
+    samples, rate = await asyncio.to_thread(_prepare_audio, form.file, limits)
+    prompt = PromptAudio(to_pcm16(samples), rate, transcript, speaker)
+    codes = (await encode_prompt(state.backend, prompt)).segment.codes
     duration_ms = len(samples) / rate * 1000
     try:  # the count is checked again in the insert's transaction: concurrent uploads cannot pass it
         voice = await asyncio.to_thread(
@@ -269,90 +240,3 @@ def lookup_voice(state: EdgeState, voice_id: str, principal: Principal) -> Voice
     if voice is None:  # in a synthesis request the id is a field value: 422, not 404
         raise ApiError(422, UNKNOWN_VOICE, f"voice_profile_id: no voice profile {voice_id!r}", "voice_profile_id")
     return voice
-
-
-def synthesis_request(
-    params: SpeakParams, encoding: int, voice: Voice | None, context: list[pb.ContextSegment] | None = None
-) -> pb.SynthesizeRequest:
-    """The engine request: the voice's prompt first (a cached prefix), then any session context."""
-    msg = params.to_proto(encoding)
-    segments = []
-    if voice is not None:
-        segments.append(voice.context_segment())
-        if params.speaker is None:
-            msg.speaker = voice.speaker
-    msg.context.extend(segments + list(context or ()))
-    msg.prefix_segments = len(segments)
-    return msg
-
-
-CALLER_FORMATS = ("mulaw_8khz", "pcm16_8khz", "pcm16_24khz", "wav")
-RAW_CALLER_FORMATS = {"mulaw_8khz": (8_000, 1), "pcm16_8khz": (8_000, 2), "pcm16_24khz": (24_000, 2)}  # rate, width
-CONTAINER_MAGIC = {b"RIFF": "WAV", b"RIFX": "WAV", b"RF64": "RF64", b"fLaC": "FLAC", b"OggS": "OGG", b"ID3": "MP3"}
-
-
-def _caller_audio(message: dict, limits: AudioLimits) -> tuple[np.ndarray, int] | None:
-    """The optional audio of a caller turn -> (samples, rate); ApiError 422 when unreadable, not what
-    ``format`` declares, or longer than ``limits`` allow."""
-    raw = message.get("audio_base64")
-    if raw is None:
-        return None
-    fmt = message.get("format", "mulaw_8khz")
-    if fmt not in CALLER_FORMATS:
-        raise _field_error("format", f"must be one of {', '.join(CALLER_FORMATS)}, got {str(fmt)[:40]!r}")
-    if not isinstance(raw, str):
-        raise _field_error("audio_base64", "must be a base64 string")
-    try:
-        data = base64.b64decode(raw, validate=True)
-    except (binascii.Error, ValueError):
-        raise _field_error("audio_base64", "is not valid base64") from None
-    if not data:
-        raise ApiError(422, INVALID_AUDIO, "audio_base64: empty", "audio_base64")
-    return _caller_wav(data, limits) if fmt == "wav" else _caller_raw(data, fmt, limits)
-
-
-def _caller_wav(data: bytes, limits: AudioLimits) -> tuple[np.ndarray, int]:
-    """``"format": "wav"`` takes a WAV file and nothing else (a FLAC here was a decompression bomb)."""
-    try:
-        return prompt_audio(data, dataclasses.replace(limits, formats=("WAV",)))
-    except UnacceptedFormat as exc:
-        detail = f"'wav' declared, but audio_base64 holds a {exc.container} file; send a WAV file"
-        raise _field_error("format", detail) from None
-    except BadAudio as exc:
-        raise _audio_error("audio_base64", exc) from None
-
-
-def _caller_raw(data: bytes, fmt: str, limits: AudioLimits) -> tuple[np.ndarray, int]:
-    """Raw mu-law or PCM16, bounded by its byte length before it is converted."""
-    rate, width = RAW_CALLER_FORMATS[fmt]
-    container = next((name for magic, name in CONTAINER_MAGIC.items() if data.startswith(magic)), None)
-    if container is not None:
-        raise _field_error("format", f"{fmt!r} declared, but audio_base64 holds a {container} file (declare 'wav')")
-    if len(data) > limits.max_frames(rate) * width:
-        seconds = len(data) / width / rate
-        detail = f"audio_base64: {seconds:.1f} s of {fmt}; at most {limits.max_seconds:g} s"
-        raise ApiError(422, INVALID_AUDIO, detail, "audio_base64")
-    if width == 2 and len(data) % 2:
-        raise ApiError(422, INVALID_AUDIO, "audio_base64: PCM16 needs an even number of bytes", "audio_base64")
-    pcm16 = mulaw_to_pcm16(data) if width == 1 else np.frombuffer(data, dtype="<i2")
-    return pcm16.astype(np.float32) / 32768.0, rate
-
-
-async def caller_turn(state: EdgeState, message: dict) -> pb.ContextSegment:
-    """``{"type": "context", "text", "speaker"?, "audio_base64"?, "format"?}`` -> a context segment:
-    the caller's words (and their Mimi codes when audio is sent) for the conversation."""
-    text = message.get("text")
-    if not isinstance(text, str) or not text.strip():
-        raise _field_error("text", "required: what the caller said")
-    if len(text) > state.cfg.max_text_chars:
-        raise _field_error("text", f"at most {state.cfg.max_text_chars} characters")
-    speaker = message.get("speaker", 1)
-    if isinstance(speaker, bool) or not isinstance(speaker, int) or not 0 <= speaker <= MAX_INT32:
-        raise _field_error("speaker", f"must be an integer from 0 to {MAX_INT32}")
-    audio = await asyncio.to_thread(_caller_audio, message, AudioLimits.from_config(state.cfg))
-    if audio is None:
-        return pb.ContextSegment(speaker=speaker, text=text)
-    samples, rate = audio
-    prompt = pb.EncodePromptRequest(audio=to_pcm16(samples), sample_rate=rate, transcript=text, speaker=speaker)
-    encoded = await state.backend.encode_prompt(prompt, ENCODE_TIMEOUT_S)
-    return pb.ContextSegment(speaker=speaker, text=text, codes=encoded.codes)

@@ -9,7 +9,8 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from csm_service.edge.errors import TOO_MANY_SESSIONS, UNAUTHORIZED, ApiError
+from csm_service.api.errors import ApiError
+from csm_service.core.errors import TOO_MANY_SESSIONS, UNAUTHORIZED
 from csm_service.edge.state import EdgeState
 
 HEARTBEAT_S = 30.0  # protocol pings: a peer that vanished without a FIN is noticed and its work cancelled

@@ -11,33 +11,33 @@ cancels every job on the engine.
 from __future__ import annotations
 
 import asyncio
-import base64
-import contextlib
+import dataclasses
 import itertools
 import json
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass, field
 
 from aiohttp import WSMsgType, web
 
-from csm_service.edge import safe_json
-from csm_service.edge.admission import admit_client, hold_utterance
-from csm_service.edge.errors import (
+from csm_service.api.errors import ApiError
+from csm_service.api.speak import parse_speak
+from csm_service.api.validation import validate
+from csm_service.api.websocket import WsAuth, WsCancel
+from csm_service.core.errors import (
     INVALID_MESSAGE_FORMAT,
     MESSAGE_TOO_LARGE,
-    SYNTHESIS_FAILED,
     TOO_MANY_IN_FLIGHT,
     TOO_MANY_SESSIONS,
     UNKNOWN_TYPE,
-    ApiError,
 )
-from csm_service.edge.params import SpeakParams, parse_speak
-from csm_service.edge.rate_limit import client_id
-from csm_service.edge.speech import Spoken, speak
+from csm_service.core.request import AudioEncoding
+from csm_service.edge import safe_json
+from csm_service.edge.admission import admit_client, hold_utterance
+from csm_service.edge.caller_turn import caller_turn
+from csm_service.edge.speech import synthesis_request
 from csm_service.edge.state import EdgeState
-from csm_service.edge.voices_api import caller_turn, lookup_voice, synthesis_request
+from csm_service.edge.voices_api import lookup_voice
 from csm_service.edge.ws_gate import (
     NORMAL_CLOSURE,
     POLICY_VIOLATION,
@@ -46,56 +46,14 @@ from csm_service.edge.ws_gate import (
     close_unless_authenticated,
     settle,
 )
-from csm_service.rpc.formats import FINISH_REASON_NAMES
-from csm_service.rpc.gen.csm.v1 import tts_pb2 as pb
+from csm_service.edge.ws_jobs import Job, Turn, produce
+from csm_service.limits import client_id
 
 log = logging.getLogger(__name__)
 
-WS_FORMAT = "mulaw_8khz"  # the seed: always G.711 mu-law at 8 kHz on the WebSocket
-MULAW_BYTES_PER_MS = 8
 KNOWN_TYPES = ("synthesize", "ping", "close", "cancel", "auth", "context")
 MAX_HISTORY_TURNS = 64  # the engine trims further, to the position budget
 _request_ids = itertools.count(1)
-
-
-@dataclass
-class Job:
-    params: SpeakParams
-    request_id: str
-    received_at: float
-    replies: asyncio.Queue = field(default_factory=asyncio.Queue)  # dicts, then None at the end
-    task: asyncio.Task | None = None
-    is_cancelled: bool = False
-    first_audio_ms: int | None = None  # received -> first audio reply queued
-    request: pb.SynthesizeRequest | None = None  # voice prefix set; session context added when it runs
-    turn: Turn | None = None  # this utterance's place in the session's history
-    earlier: tuple[Turn, ...] = ()  # with "context": "session": the turns before it
-
-
-@dataclass
-class Turn:
-    """One utterance of the conversation, in arrival order: ours once generated, or the caller's."""
-
-    segment: pb.ContextSegment | None = None  # None while ours is being generated, or if it failed
-    done: asyncio.Event = field(default_factory=asyncio.Event)
-
-
-def _ms(num_bytes: int) -> int:
-    return round(num_bytes / MULAW_BYTES_PER_MS)
-
-
-def _chunk_message(chunk: pb.AudioChunk, chunk_index: int, elapsed_ms: int, echo: dict) -> dict[str, object]:
-    """One streamed ``audio`` reply."""
-    return {
-        "type": "audio",
-        "audio_base64": base64.b64encode(chunk.audio).decode("ascii"),
-        "duration_ms": _ms(len(chunk.audio)),
-        "generation_time_ms": elapsed_ms,
-        "format": WS_FORMAT,
-        **echo,
-        "chunk_index": chunk_index,
-        "final": chunk.final,
-    }
 
 
 class WsSession:
@@ -209,7 +167,7 @@ class WsSession:
         elif kind == "close":
             self.closing = True
         elif kind == "cancel":
-            await self._on_cancel(message.get("request_id"))
+            await self._on_cancel(message)
         elif kind == "auth":
             await self.send({"type": "authenticated"})  # already: keys are off or were checked
         elif kind == "context":
@@ -245,7 +203,7 @@ class WsSession:
 
     async def _on_auth(self, message: dict | None) -> None:
         """The first message of a session opened without a key must be a valid ``auth``."""
-        key = message.get("api_key") if message is not None else None
+        key = WsAuth.key_of(message)
         if isinstance(key, str) and self.state.checker.is_valid(key):
             still_pending = self.ws in self.state.pending
             if not self.state.promote(self.ws, self):  # pushed out meanwhile, or max_sessions are open
@@ -285,14 +243,14 @@ class WsSession:
             return
         request_id = params.request_id or f"{self.session_id[:64]}-{next(_request_ids)}"
         job = Job(params, request_id, time.perf_counter())
-        job.request = synthesis_request(params, pb.MULAW_8KHZ, voice)
+        job.request = synthesis_request(params, AudioEncoding.MULAW_8KHZ, voice)
         if params.session_context:
-            job.request.max_context_positions = self.cfg.session_context_positions
+            job.request = dataclasses.replace(job.request, max_context_positions=self.cfg.session_context_positions)
             job.earlier = tuple(self.history)
         job.turn = Turn()
         self.history.append(job.turn)
         self.jobs.append(job)
-        job.task = asyncio.create_task(self._produce(job))
+        job.task = asyncio.create_task(produce(job, self.state, self.session_id))
         job.task.add_done_callback(lambda _: lease.release())  # cancelled before it ran, too
         self.ready_jobs.put_nowait(job)
 
@@ -312,19 +270,19 @@ class WsSession:
             {
                 "type": "context_added",
                 "speaker": segment.speaker,
-                "num_frames": len(segment.codes) // 32,
+                "num_frames": segment.codes.shape[1] if segment.codes is not None else 0,
                 "turns": sum(t.segment is not None for t in self.history),
             }
         )
 
-    async def _on_cancel(self, request_id: object) -> None:
-        if request_id is not None and not isinstance(request_id, str):
-            await self.send(
-                ApiError(400, INVALID_MESSAGE_FORMAT, "request_id: must be a string", "request_id").ws_message()
-            )
+    async def _on_cancel(self, message: dict) -> None:
+        try:
+            cancel = validate(WsCancel, message, status=400)
+        except ApiError as err:
+            await self.send(err.ws_message())
             return
-        stopped = self._cancel_jobs(request_id)
-        await self.send({"type": "cancelled", "request_id": request_id, "request_ids": stopped})
+        stopped = self._cancel_jobs(cancel.request_id)
+        await self.send({"type": "cancelled", "request_id": cancel.request_id, "request_ids": stopped})
 
     def _cancel_jobs(self, request_id: str | None) -> list[str]:
         """Cancel every unfinished job (or the one with ``request_id``); their replies are dropped."""
@@ -338,89 +296,3 @@ class WsSession:
             stopped.append(job.request_id)
             self.state.metrics.requests.labels("ws_synthesize", "cancelled").inc()
         return stopped
-
-    # -- one synthesize request ------------------------------------------------------------------
-    async def _produce(self, job: Job) -> None:
-        """Run one utterance on the engine and queue its replies (audio..., then done)."""
-        params, metrics = job.params, self.state.metrics
-        endpoint = "ws_stream" if params.stream else "ws_synthesize"
-        echo = {"request_id": job.request_id} if params.stream or params.request_id else {}
-        parts: list[bytes] = []
-        chunk_index = 0
-        spoken = Spoken()
-        try:
-            request = job.request
-            if params.session_context:  # the conversation so far, once the earlier turns exist
-                for turn in job.earlier:
-                    await turn.done.wait()
-                request.context.extend(t.segment for t in job.earlier if t.segment is not None)
-            utterance = speak(self.state.backend, request, self.cfg.max_piece_chars, spoken)
-            async with contextlib.aclosing(utterance) as chunks:
-                async for chunk in chunks:
-                    elapsed_ms = round((time.perf_counter() - job.received_at) * 1000)
-                    parts.append(chunk.audio)
-                    if params.stream:
-                        job.replies.put_nowait(_chunk_message(chunk, chunk_index, elapsed_ms, echo))
-                        chunk_index += 1
-                        if job.first_audio_ms is None:
-                            job.first_audio_ms = elapsed_ms
-                            metrics.ttfa.labels(endpoint).observe(elapsed_ms / 1000)
-                    if chunk.final:
-                        job.turn.segment = pb.ContextSegment(
-                            speaker=request.speaker, text=params.text, codes=spoken.codes
-                        )
-                        self._finish(job, spoken, b"".join(parts), chunk_index, echo, endpoint)
-                        return
-            raise ApiError(500, SYNTHESIS_FAILED, "the engine ended the stream without a final chunk")
-        except ApiError as err:
-            metrics.requests.labels(endpoint, err.outcome).inc()
-            job.replies.put_nowait(err.ws_message(job.request_id if echo else None))
-        except Exception:
-            log.exception("session %s: request %s failed", self.session_id, job.request_id)
-            metrics.requests.labels(endpoint, "error").inc()
-            job.replies.put_nowait(ApiError(500, SYNTHESIS_FAILED).ws_message(job.request_id if echo else None))
-        finally:
-            job.turn.done.set()
-            job.replies.put_nowait(None)
-
-    def _finish(self, job: Job, spoken: Spoken, audio: bytes, num_chunks: int, echo: dict, endpoint: str) -> None:
-        elapsed_s = time.perf_counter() - job.received_at
-        duration_ms = _ms(len(audio))
-        metrics = self.state.metrics
-        metrics.requests.labels(endpoint, "ok").inc()
-        if duration_ms:
-            metrics.rtf.labels(endpoint).observe(elapsed_s * 1000 / duration_ms)
-        if not job.params.stream:
-            metrics.ttfa.labels(endpoint).observe(elapsed_s)
-            job.replies.put_nowait(
-                {
-                    "type": "audio",
-                    "audio_base64": base64.b64encode(audio).decode("ascii"),
-                    "duration_ms": duration_ms,
-                    "generation_time_ms": round(elapsed_s * 1000),
-                    "format": WS_FORMAT,
-                    **echo,
-                }
-            )
-            return
-        final, first = spoken.final, spoken.first_timings
-        job.replies.put_nowait(
-            {
-                "type": "done",
-                **echo,
-                "chunks": num_chunks,
-                "duration_ms": duration_ms,
-                "time_to_first_audio_ms": job.first_audio_ms,
-                "engine_time_to_first_audio_ms": round(first.time_to_first_audio_ms, 1) if first else None,
-                "generation_time_ms": round(elapsed_s * 1000),
-                "real_time_factor": round(elapsed_s * 1000 / duration_ms, 4) if duration_ms else None,
-                "finish_reason": FINISH_REASON_NAMES.get(final.finish_reason, "unknown") if final else "unknown",
-                "seed": spoken.seed,
-                "pieces": spoken.pieces,
-                "piece_frames": spoken.piece_frames,
-                "piece_prompt_positions": spoken.piece_prompt_positions,
-                "prompt_positions": first.prompt_positions if first else None,
-                "context_segments": first.context_segments if first else None,
-                "prefix_cache_hit": first.prefix_cache_hit if first else None,
-            }
-        )

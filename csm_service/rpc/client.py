@@ -19,15 +19,17 @@ from __future__ import annotations
 import ipaddress
 import json
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from csm_service.config import ServiceConfig
+from csm_service.rpc.auth import grpc_metadata
 from csm_service.rpc.formats import SERVICE_NAME
 from csm_service.rpc.gen.csm.v1 import tts_pb2 as pb
 from csm_service.rpc.gen.csm.v1 import tts_pb2_grpc
+from csm_service.tenants import ApiKey
 
 SERVICE_CONFIG = {
     "loadBalancingConfig": [{"round_robin": {}}],
@@ -112,7 +114,7 @@ class EngineClient:
                 ("grpc.max_receive_message_length", 64 * 1024 * 1024),
             ],
         )
-        self.stub = tts_pb2_grpc.TextToSpeechStub(self.channel)
+        self.stub = tts_pb2_grpc.TextToSpeechServiceStub(self.channel)
         self.health_stub = health_pb2_grpc.HealthStub(self.channel)
         self.metadata = metadata
 
@@ -120,14 +122,16 @@ class EngineClient:
         return await self.stub.Synthesize(request, timeout=timeout, metadata=self.metadata)
 
     def synthesize_stream(
-        self, request: pb.SynthesizeRequest, timeout: float | None = None
+        self, request: pb.SynthesizeRequest, timeout: float | None = None, resume_from_sequence: int = 0
     ) -> grpc.aio.UnaryStreamCall:
-        """The call: ``async for chunk in call`` reads chunks; ``call.cancel()`` frees the slot."""
-        return self.stub.SynthesizeStream(request, timeout=timeout, metadata=self.metadata)
+        """The call: ``async for chunk in call`` reads chunks; ``call.cancel()`` frees the slot.
+        ``resume_from_sequence``: a replay, sending only the chunks from that sequence on."""
+        message = pb.SynthesizeStreamRequest(request=request, resume_from_sequence=resume_from_sequence)
+        return self.stub.SynthesizeStream(message, timeout=timeout, metadata=self.metadata)
 
     async def stream_chunks(
         self, request: pb.SynthesizeRequest, timeout: float | None = None
-    ) -> AsyncIterator[pb.AudioChunk]:
+    ) -> AsyncIterator[pb.SynthesizeStreamResponse]:
         call = self.synthesize_stream(request, timeout)
         try:
             async for chunk in call:
@@ -147,3 +151,11 @@ class EngineClient:
 
     async def close(self) -> None:
         await self.channel.close()
+
+
+def edge_client(
+    addresses: str | list[str] | tuple[str, ...], cfg: ServiceConfig, keys: Iterable[str | ApiKey]
+) -> EngineClient:
+    """A client of the workers at ``addresses`` with ``cfg``'s keepalive, sending the first admin key
+    of ``keys`` (workers do not hold admins to per-caller limits), else the first."""
+    return EngineClient(addresses, metadata=grpc_metadata(keys), **client_policy(cfg))

@@ -24,18 +24,19 @@ from collections import deque
 import numpy as np
 from aiohttp import web
 
+from csm_service.api.errors import ApiError
+from csm_service.api.speak import parse_speak
+from csm_service.api.twilio import CALL_DEFAULTS
 from csm_service.audio.g711 import mulaw_to_pcm16
+from csm_service.core.errors import TOO_MANY_IN_FLIGHT
 from csm_service.edge.admission import admit_client, hold_utterance
-from csm_service.edge.errors import MODEL_NOT_LOADED, TOO_MANY_IN_FLIGHT, ApiError
-from csm_service.edge.params import parse_speak
-from csm_service.edge.speech import Spoken, speak
 from csm_service.edge.state import EdgeState
 from csm_service.edge.twilio import protocol
 from csm_service.edge.twilio.pacer import FramePacer
-from csm_service.edge.twilio.utterance import FAILED, PLAYED, SENT, SPEAKING, UNFINISHED, Utterance
-from csm_service.edge.voices_api import lookup_voice, synthesis_request
-from csm_service.edge.ws_gate import TRY_AGAIN_LATER, settle
-from csm_service.rpc.gen.csm.v1 import tts_pb2 as pb
+from csm_service.edge.twilio.speaker import speak_queue
+from csm_service.edge.twilio.utterance import PLAYED, SENT, UNFINISHED, Utterance
+from csm_service.edge.voices_api import lookup_voice
+from csm_service.edge.ws_gate import settle
 from csm_service.tenants import OPEN, Principal
 
 log = logging.getLogger(__name__)
@@ -45,8 +46,6 @@ SPEECH_RMS = 600  # PCM16 RMS of a 20 ms inbound frame that counts as the caller
 SPEECH_FRAMES = 3  # that many loud frames in a row (60 ms) barge in
 MAX_HISTORY = 200  # utterances kept for GET /v1/calls/{streamSid}
 MAX_DTMF = 256
-# customParameters that set defaults for every utterance of the call; values arrive as strings.
-CALL_DEFAULTS = ("voice", "speaker", "seed", "temperature", "top_k", "max_audio_length_ms", "raw_text")
 
 
 def _typed(value: str) -> object:
@@ -141,55 +140,6 @@ class TwilioCall:
                 utterance.first_frame_sent()
                 self.state.metrics.twilio_frames.inc()
 
-    # -- generating ---------------------------------------------------------------------------------
-    async def _speaker(self) -> None:
-        # A call that arrives while the model loads is held (its greeting queued) until a worker
-        # serves; past ready_wait_s the stream is closed, so Twilio goes on to the next TwiML verb.
-        if not await self.state.backend.wait_until_serving(self.state.cfg.ready_wait_s):
-            log.warning("call %s: no engine worker served within %.0f s", self.stream_sid, self.state.cfg.ready_wait_s)
-            self.state.metrics.requests.labels("twilio", "not_ready").inc()
-            for utterance in self.queue:
-                utterance.status, utterance.error = FAILED, MODEL_NOT_LOADED
-            self._drop_queue()
-            await self.ws.close(code=TRY_AGAIN_LATER, message=b"engine not ready")
-            return
-        while True:
-            while not self.queue:
-                self.wakeup.clear()
-                await self.wakeup.wait()
-            utterance = self.queue.popleft()
-            self.current = utterance
-            self.current_task = asyncio.create_task(self._generate(utterance, self.epoch))
-            self.current_task.add_done_callback(lambda _, done=utterance: done.release())
-            await asyncio.wait({self.current_task})  # a barge-in cancels it, not the speaker
-            self.current, self.current_task = None, None
-
-    async def _generate(self, utterance: Utterance, epoch: int) -> None:
-        utterance.status = SPEAKING
-        spoken = Spoken()
-        rest = b""
-        try:
-            request = synthesis_request(utterance.params, pb.MULAW_8KHZ, utterance.voice)
-            chunks = speak(self.state.backend, request, self.state.cfg.max_piece_chars, spoken)
-            async with contextlib.aclosing(chunks) as stream:
-                async for chunk in stream:
-                    utterance.seed = spoken.seed
-                    frames, rest = protocol.frames(rest + chunk.audio, pad_last=chunk.final)
-                    for frame in frames:
-                        self.outbound.put_nowait((epoch, frame, utterance))
-                    if chunk.final:
-                        break
-            self.outbound.put_nowait((epoch, None, utterance))
-            self.state.metrics.requests.labels("twilio_say", "ok").inc()
-        except ApiError as err:
-            utterance.status, utterance.error = FAILED, str(err)
-            self.state.metrics.requests.labels("twilio_say", err.outcome).inc()
-            log.warning("call %s: %s failed: %s", self.stream_sid, utterance.utterance_id, err)
-        except Exception:  # never leave it "speaking": the drain and the queue bound count those
-            utterance.status, utterance.error = FAILED, "Synthesis failed"
-            self.state.metrics.requests.labels("twilio_say", "error").inc()
-            log.exception("call %s: %s failed", self.stream_sid, utterance.utterance_id)
-
     # -- the control API ----------------------------------------------------------------------------
     def utterance(self, body: dict) -> Utterance:
         """A say request (call defaults first) -> a queued-to-be Utterance; raises ApiError 4xx."""
@@ -217,7 +167,7 @@ class TwilioCall:
         self.wakeup.set()
         return ahead
 
-    def _drop_queue(self) -> None:
+    def drop_queue(self) -> None:
         """Empty the queue; its utterances are no longer in flight for the tenant."""
         for utterance in self.queue:
             utterance.release()
@@ -228,7 +178,7 @@ class TwilioCall:
         began = time.perf_counter()
         self.epoch += 1
         buffered_s, now = self.pacer.buffered_s(), time.monotonic()
-        self._drop_queue()
+        self.drop_queue()
         if self.current_task is not None:
             self.current_task.cancel()  # closes the engine stream: the slot is free at once
         self.current = None
@@ -272,7 +222,7 @@ class TwilioCall:
         if event == "media":
             await self._on_media(protocol.media_payload(message))
         elif event == "mark":
-            self._on_mark(protocol.section(message, "mark").get("name"))
+            self._on_mark(protocol.mark_name(message))
         elif event == "dtmf":
             digit = protocol.dtmf_digit(message)
             if len(self.dtmf) < MAX_DTMF:
@@ -305,7 +255,7 @@ class TwilioCall:
         """Serve the call until Twilio stops it or the socket closes. ``early_dtmf``: keys pressed
         before ``start``, recorded only: nothing was playing, so they never cut the greeting."""
         self.dtmf.extend(early_dtmf[:MAX_DTMF])
-        tasks = [asyncio.create_task(self._sender()), asyncio.create_task(self._speaker())]
+        tasks = [asyncio.create_task(self._sender()), asyncio.create_task(speak_queue(self))]
         try:
             await self._greet()
             async for msg in self.ws:
@@ -319,7 +269,7 @@ class TwilioCall:
                 if self.stopped:
                     break
         finally:  # every task cancelled before the first await, even if this handler is cancelled
-            self._drop_queue()
+            self.drop_queue()
             await settle(*tasks, self.current_task)
 
     async def _greet(self) -> None:

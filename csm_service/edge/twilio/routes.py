@@ -19,11 +19,13 @@ import logging
 
 from aiohttp import WSMsgType, web
 
+from csm_service.api.errors import ApiError
+from csm_service.api.twilio import SayControl
+from csm_service.api.validation import validate
 from csm_service.auth import bearer_token
+from csm_service.core.errors import TOO_MANY_SESSIONS
 from csm_service.edge.admission import admit, request_principal
-from csm_service.edge.errors import INVALID_MESSAGE_FORMAT, TOO_MANY_SESSIONS, ApiError
 from csm_service.edge.http_api import read_json
-from csm_service.edge.rate_limit import client_id
 from csm_service.edge.state import STATE, EdgeState
 from csm_service.edge.twilio import protocol
 from csm_service.edge.twilio.call import TwilioCall
@@ -34,12 +36,12 @@ from csm_service.edge.ws_gate import (
     open_websocket,
     settle,
 )
+from csm_service.limits import client_id
 from csm_service.tenants import OPEN
 
 log = logging.getLogger(__name__)
 
 UNKNOWN_CALL = "Unknown call"
-MAX_STREAM_SID_CHARS = 64
 MAX_EARLY_DTMF = 16  # digits pressed before start that are kept (Twilio sends none: start comes first)
 
 
@@ -68,11 +70,7 @@ async def _await_start(ws: web.WebSocketResponse, state: EdgeState) -> tuple[dic
                 if message["event"] == "dtmf" and len(digits) < MAX_EARLY_DTMF:
                     digits.append(protocol.dtmf_digit(message))  # recorded; never a barge-in
                 continue
-            start = protocol.section(message, "start")
-            sid = start.get("streamSid") or message.get("streamSid")
-            if not isinstance(sid, str) or not sid or len(sid) > MAX_STREAM_SID_CHARS:
-                raise protocol.ProtocolError(f"start: streamSid must be a string of 1 to {MAX_STREAM_SID_CHARS}")
-            return {**start, "streamSid": sid}, digits
+            return protocol.start_info(message), digits
         except protocol.ProtocolError as exc:
             state.metrics.twilio_events.labels("invalid").inc()
             log.warning("media stream before start: %s", exc)
@@ -161,13 +159,9 @@ async def say(request: web.Request) -> web.Response:
     call = _call(request)
     admit(request, in_session=True)  # a live call may go on speaking while the edge drains
     body = await read_json(request)
-    if not isinstance(body, dict):
-        raise ApiError(400, INVALID_MESSAGE_FORMAT, f"expected a JSON object, got {type(body).__name__}")
-    interrupt = body.pop("interrupt", False)
-    if not isinstance(interrupt, bool):
-        raise ApiError(422, INVALID_MESSAGE_FORMAT, "interrupt: must be true or false", "interrupt")
-    utterance = call.utterance(body)
-    ahead = await call.say(utterance, interrupt)
+    control = validate(SayControl, body)  # 400 for a non-object, 422 for a bad interrupt
+    utterance = call.utterance(body)  # the native fields, the call's defaults first
+    ahead = await call.say(utterance, control.interrupt)
     return web.json_response(
         {"utterance_id": utterance.utterance_id, "status": utterance.status, "ahead": ahead}, status=202
     )

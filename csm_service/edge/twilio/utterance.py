@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from csm_service.edge.params import SpeakParams
-from csm_service.edge.rate_limit import InflightLease
+from csm_service.api.speak import SpeakParams
 from csm_service.edge.twilio.pacer import FRAME_S
+from csm_service.limits import InflightLease
 from csm_service.voices import Voice
 
 # queued -> speaking (generating and sending) -> sent (mark sent) -> played (mark echoed).
@@ -15,7 +15,7 @@ from csm_service.voices import Voice
 QUEUED, SPEAKING, SENT, PLAYED = "queued", "speaking", "sent", "played"
 CLEARED, INTERRUPTED, FAILED = "cleared", "interrupted", "failed"
 UNFINISHED = (QUEUED, SPEAKING)
-FRAME_MS = round(FRAME_S * 1000)
+MEDIA_FRAME_MS = round(FRAME_S * 1000)
 
 
 @dataclass
@@ -49,7 +49,7 @@ class Utterance:
             self.status = CLEARED
             return
         self.status = INTERRUPTED
-        self.heard_ms = max(0, round(self.frames_sent * FRAME_MS - unplayed_s * 1000))
+        self.heard_ms = max(0, round(self.frames_sent * MEDIA_FRAME_MS - unplayed_s * 1000))
 
     def summary(self) -> dict[str, object]:
         return {
@@ -59,7 +59,7 @@ class Utterance:
             "status": self.status,
             "error": self.error,
             "frames_sent": self.frames_sent,
-            "duration_ms": self.frames_sent * FRAME_MS,
+            "duration_ms": self.frames_sent * MEDIA_FRAME_MS,
             "heard_ms": self.heard_ms,
             "seed": self.seed,
             "time_to_first_frame_ms": round(self.first_frame_ms, 1) if self.first_frame_ms is not None else None,

@@ -24,35 +24,37 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x10\x63sm/v1/tts.proto\x12\x06\x63sm.v1\">\n\x0e\x43ontextSegment\x12\x0f\n\x07speaker\x18\x01 \x01(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\r\n\x05\x63odes\x18\x03 \x03(\r\"\xb8\x03\n\x11SynthesizeRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0f\n\x07speaker\x18\x02 \x01(\x05\x12 \n\x13max_audio_length_ms\x18\x03 \x01(\rH\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x04 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_k\x18\x05 \x01(\rH\x02\x88\x01\x01\x12\x11\n\x04seed\x18\x06 \x01(\x04H\x03\x88\x01\x01\x12\'\n\x07\x63ontext\x18\x07 \x03(\x0b\x32\x16.csm.v1.ContextSegment\x12\'\n\x08\x65ncoding\x18\x08 \x01(\x0e\x32\x15.csm.v1.AudioEncoding\x12\x12\n\nrequest_id\x18\t \x01(\t\x12\x17\n\x0fprefix_segments\x18\n \x01(\r\x12\x1d\n\x15max_context_positions\x18\x0b \x01(\r\x12\x10\n\x08raw_text\x18\x0c \x01(\x08\x12\x18\n\x10voice_profile_id\x18\r \x01(\t\x12\x1c\n\x14resume_from_sequence\x18\x0e \x01(\rB\x16\n\x14_max_audio_length_msB\x0e\n\x0c_temperatureB\x08\n\x06_top_kB\x07\n\x05_seed\"\xd3\x01\n\x07Timings\x12\x1e\n\x16time_to_first_audio_ms\x18\x01 \x01(\x02\x12\x1a\n\x12generation_time_ms\x18\x02 \x01(\x02\x12\x18\n\x10real_time_factor\x18\x03 \x01(\x02\x12\x10\n\x08queue_ms\x18\x04 \x01(\x02\x12\x12\n\nprefill_ms\x18\x05 \x01(\x02\x12\x18\n\x10prompt_positions\x18\x06 \x01(\r\x12\x18\n\x10prefix_cache_hit\x18\x07 \x01(\x08\x12\x18\n\x10\x63ontext_segments\x18\x08 \x01(\r\"\x8a\x02\n\x12SynthesizeResponse\x12\r\n\x05\x61udio\x18\x01 \x01(\x0c\x12\'\n\x08\x65ncoding\x18\x02 \x01(\x0e\x32\x15.csm.v1.AudioEncoding\x12\x13\n\x0bsample_rate\x18\x03 \x01(\r\x12\x13\n\x0b\x64uration_ms\x18\x04 \x01(\x02\x12\x12\n\nnum_frames\x18\x05 \x01(\r\x12+\n\rfinish_reason\x18\x06 \x01(\x0e\x32\x14.csm.v1.FinishReason\x12\x0c\n\x04seed\x18\x07 \x01(\x04\x12 \n\x07timings\x18\x08 \x01(\x0b\x32\x0f.csm.v1.Timings\x12\r\n\x05\x63odes\x18\t \x03(\r\x12\x12\n\nrequest_id\x18\n \x01(\t\"\xa3\x02\n\nAudioChunk\x12\r\n\x05\x61udio\x18\x01 \x01(\x0c\x12\x10\n\x08sequence\x18\x02 \x01(\r\x12\x13\n\x0b\x64uration_ms\x18\x03 \x01(\x02\x12\'\n\x08\x65ncoding\x18\x04 \x01(\x0e\x32\x15.csm.v1.AudioEncoding\x12\x13\n\x0bsample_rate\x18\x05 \x01(\r\x12\r\n\x05\x66inal\x18\x06 \x01(\x08\x12+\n\rfinish_reason\x18\x07 \x01(\x0e\x32\x14.csm.v1.FinishReason\x12\x0c\n\x04seed\x18\x08 \x01(\x04\x12 \n\x07timings\x18\t \x01(\x0b\x32\x0f.csm.v1.Timings\x12\x12\n\nnum_frames\x18\n \x01(\r\x12\r\n\x05\x63odes\x18\x0b \x03(\r\x12\x12\n\nrequest_id\x18\x0c \x01(\t\"^\n\x13\x45ncodePromptRequest\x12\r\n\x05\x61udio\x18\x01 \x01(\x0c\x12\x13\n\x0bsample_rate\x18\x02 \x01(\r\x12\x12\n\ntranscript\x18\x03 \x01(\t\x12\x0f\n\x07speaker\x18\x04 \x01(\x05\"s\n\x14\x45ncodePromptResponse\x12\r\n\x05\x63odes\x18\x01 \x03(\r\x12\x12\n\nnum_frames\x18\x02 \x01(\r\x12\x0f\n\x07speaker\x18\x03 \x01(\x05\x12\x12\n\ntranscript\x18\x04 \x01(\t\x12\x13\n\x0b\x64uration_ms\x18\x05 \x01(\x02\"\x10\n\x0eGetInfoRequest\"\xfa\x01\n\nEngineInfo\x12\r\n\x05ready\x18\x01 \x01(\x08\x12\r\n\x05state\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t\x12\x13\n\x0b\x64\x65vice_name\x18\x05 \x01(\t\x12\r\n\x05\x64type\x18\x06 \x01(\t\x12\x1a\n\x12memory_total_bytes\x18\x07 \x01(\x04\x12\x1e\n\x16memory_allocated_bytes\x18\x08 \x01(\x04\x12\x11\n\tmax_batch\x18\t \x01(\r\x12\x16\n\x0e\x61\x63tive_streams\x18\n \x01(\r\x12\x13\n\x0bqueue_depth\x18\x0b \x01(\r\x12\x0f\n\x07version\x18\x0c \x01(\t*o\n\rAudioEncoding\x12\x1e\n\x1a\x41UDIO_ENCODING_UNSPECIFIED\x10\x00\x12\x0f\n\x0bPCM16_24KHZ\x10\x01\x12\x0e\n\nPCM16_8KHZ\x10\x02\x12\x0e\n\nMULAW_8KHZ\x10\x03\x12\r\n\tALAW_8KHZ\x10\x04*P\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x11\n\rEND_OF_SPEECH\x10\x01\x12\x0e\n\nMAX_LENGTH\x10\x02\x32\x9a\x02\n\x0cTextToSpeech\x12\x43\n\nSynthesize\x12\x19.csm.v1.SynthesizeRequest\x1a\x1a.csm.v1.SynthesizeResponse\x12\x43\n\x10SynthesizeStream\x12\x19.csm.v1.SynthesizeRequest\x1a\x12.csm.v1.AudioChunk0\x01\x12I\n\x0c\x45ncodePrompt\x12\x1b.csm.v1.EncodePromptRequest\x1a\x1c.csm.v1.EncodePromptResponse\x12\x35\n\x07GetInfo\x12\x16.csm.v1.GetInfoRequest\x1a\x12.csm.v1.EngineInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x10\x63sm/v1/tts.proto\x12\x06\x63sm.v1\">\n\x0e\x43ontextSegment\x12\x0f\n\x07speaker\x18\x01 \x01(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\r\n\x05\x63odes\x18\x03 \x03(\r\"\xb6\x03\n\x11SynthesizeRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0f\n\x07speaker\x18\x02 \x01(\x05\x12 \n\x13max_audio_length_ms\x18\x03 \x01(\rH\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x04 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_k\x18\x05 \x01(\rH\x02\x88\x01\x01\x12\x11\n\x04seed\x18\x06 \x01(\x04H\x03\x88\x01\x01\x12\'\n\x07\x63ontext\x18\x07 \x03(\x0b\x32\x16.csm.v1.ContextSegment\x12\'\n\x08\x65ncoding\x18\x08 \x01(\x0e\x32\x15.csm.v1.AudioEncoding\x12\x12\n\nrequest_id\x18\t \x01(\t\x12\x17\n\x0fprefix_segments\x18\n \x01(\r\x12\x1d\n\x15max_context_positions\x18\x0b \x01(\r\x12\x10\n\x08raw_text\x18\x0c \x01(\x08\x12\x18\n\x10voice_profile_id\x18\r \x01(\tB\x16\n\x14_max_audio_length_msB\x0e\n\x0c_temperatureB\x08\n\x06_top_kB\x07\n\x05_seedJ\x04\x08\x0e\x10\x0fR\x14resume_from_sequence\"c\n\x17SynthesizeStreamRequest\x12*\n\x07request\x18\x01 \x01(\x0b\x32\x19.csm.v1.SynthesizeRequest\x12\x1c\n\x14resume_from_sequence\x18\x02 \x01(\r\"\xd3\x01\n\x07Timings\x12\x1e\n\x16time_to_first_audio_ms\x18\x01 \x01(\x02\x12\x1a\n\x12generation_time_ms\x18\x02 \x01(\x02\x12\x18\n\x10real_time_factor\x18\x03 \x01(\x02\x12\x10\n\x08queue_ms\x18\x04 \x01(\x02\x12\x12\n\nprefill_ms\x18\x05 \x01(\x02\x12\x18\n\x10prompt_positions\x18\x06 \x01(\r\x12\x18\n\x10prefix_cache_hit\x18\x07 \x01(\x08\x12\x18\n\x10\x63ontext_segments\x18\x08 \x01(\r\"\x8a\x02\n\x12SynthesizeResponse\x12\r\n\x05\x61udio\x18\x01 \x01(\x0c\x12\'\n\x08\x65ncoding\x18\x02 \x01(\x0e\x32\x15.csm.v1.AudioEncoding\x12\x13\n\x0bsample_rate\x18\x03 \x01(\r\x12\x13\n\x0b\x64uration_ms\x18\x04 \x01(\x02\x12\x12\n\nnum_frames\x18\x05 \x01(\r\x12+\n\rfinish_reason\x18\x06 \x01(\x0e\x32\x14.csm.v1.FinishReason\x12\x0c\n\x04seed\x18\x07 \x01(\x04\x12 \n\x07timings\x18\x08 \x01(\x0b\x32\x0f.csm.v1.Timings\x12\r\n\x05\x63odes\x18\t \x03(\r\x12\x12\n\nrequest_id\x18\n \x01(\t\"\xb1\x02\n\x18SynthesizeStreamResponse\x12\r\n\x05\x61udio\x18\x01 \x01(\x0c\x12\x10\n\x08sequence\x18\x02 \x01(\r\x12\x13\n\x0b\x64uration_ms\x18\x03 \x01(\x02\x12\'\n\x08\x65ncoding\x18\x04 \x01(\x0e\x32\x15.csm.v1.AudioEncoding\x12\x13\n\x0bsample_rate\x18\x05 \x01(\r\x12\r\n\x05\x66inal\x18\x06 \x01(\x08\x12+\n\rfinish_reason\x18\x07 \x01(\x0e\x32\x14.csm.v1.FinishReason\x12\x0c\n\x04seed\x18\x08 \x01(\x04\x12 \n\x07timings\x18\t \x01(\x0b\x32\x0f.csm.v1.Timings\x12\x12\n\nnum_frames\x18\n \x01(\r\x12\r\n\x05\x63odes\x18\x0b \x03(\r\x12\x12\n\nrequest_id\x18\x0c \x01(\t\"^\n\x13\x45ncodePromptRequest\x12\r\n\x05\x61udio\x18\x01 \x01(\x0c\x12\x13\n\x0bsample_rate\x18\x02 \x01(\r\x12\x12\n\ntranscript\x18\x03 \x01(\t\x12\x0f\n\x07speaker\x18\x04 \x01(\x05\"s\n\x14\x45ncodePromptResponse\x12\r\n\x05\x63odes\x18\x01 \x03(\r\x12\x12\n\nnum_frames\x18\x02 \x01(\r\x12\x0f\n\x07speaker\x18\x03 \x01(\x05\x12\x12\n\ntranscript\x18\x04 \x01(\t\x12\x13\n\x0b\x64uration_ms\x18\x05 \x01(\x02\"\x10\n\x0eGetInfoRequest\"\xff\x01\n\x0fGetInfoResponse\x12\r\n\x05ready\x18\x01 \x01(\x08\x12\r\n\x05state\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t\x12\x13\n\x0b\x64\x65vice_name\x18\x05 \x01(\t\x12\r\n\x05\x64type\x18\x06 \x01(\t\x12\x1a\n\x12memory_total_bytes\x18\x07 \x01(\x04\x12\x1e\n\x16memory_allocated_bytes\x18\x08 \x01(\x04\x12\x11\n\tmax_batch\x18\t \x01(\r\x12\x16\n\x0e\x61\x63tive_streams\x18\n \x01(\r\x12\x13\n\x0bqueue_depth\x18\x0b \x01(\r\x12\x0f\n\x07version\x18\x0c \x01(\t*\xab\x01\n\rAudioEncoding\x12\x1e\n\x1a\x41UDIO_ENCODING_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x41UDIO_ENCODING_PCM16_24KHZ\x10\x01\x12\x1d\n\x19\x41UDIO_ENCODING_PCM16_8KHZ\x10\x02\x12\x1d\n\x19\x41UDIO_ENCODING_MULAW_8KHZ\x10\x03\x12\x1c\n\x18\x41UDIO_ENCODING_ALAW_8KHZ\x10\x04*l\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x46INISH_REASON_END_OF_SPEECH\x10\x01\x12\x1c\n\x18\x46INISH_REASON_MAX_LENGTH\x10\x02\x32\xba\x02\n\x13TextToSpeechService\x12\x43\n\nSynthesize\x12\x19.csm.v1.SynthesizeRequest\x1a\x1a.csm.v1.SynthesizeResponse\x12W\n\x10SynthesizeStream\x12\x1f.csm.v1.SynthesizeStreamRequest\x1a .csm.v1.SynthesizeStreamResponse0\x01\x12I\n\x0c\x45ncodePrompt\x12\x1b.csm.v1.EncodePromptRequest\x1a\x1c.csm.v1.EncodePromptResponse\x12:\n\x07GetInfo\x12\x16.csm.v1.GetInfoRequest\x1a\x17.csm.v1.GetInfoResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'csm.v1.tts_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_AUDIOENCODING']._serialized_start=1796
-  _globals['_AUDIOENCODING']._serialized_end=1907
-  _globals['_FINISHREASON']._serialized_start=1909
-  _globals['_FINISHREASON']._serialized_end=1989
+  _globals['_AUDIOENCODING']._serialized_start=1915
+  _globals['_AUDIOENCODING']._serialized_end=2086
+  _globals['_FINISHREASON']._serialized_start=2088
+  _globals['_FINISHREASON']._serialized_end=2196
   _globals['_CONTEXTSEGMENT']._serialized_start=28
   _globals['_CONTEXTSEGMENT']._serialized_end=90
   _globals['_SYNTHESIZEREQUEST']._serialized_start=93
-  _globals['_SYNTHESIZEREQUEST']._serialized_end=533
-  _globals['_TIMINGS']._serialized_start=536
-  _globals['_TIMINGS']._serialized_end=747
-  _globals['_SYNTHESIZERESPONSE']._serialized_start=750
-  _globals['_SYNTHESIZERESPONSE']._serialized_end=1016
-  _globals['_AUDIOCHUNK']._serialized_start=1019
-  _globals['_AUDIOCHUNK']._serialized_end=1310
-  _globals['_ENCODEPROMPTREQUEST']._serialized_start=1312
-  _globals['_ENCODEPROMPTREQUEST']._serialized_end=1406
-  _globals['_ENCODEPROMPTRESPONSE']._serialized_start=1408
-  _globals['_ENCODEPROMPTRESPONSE']._serialized_end=1523
-  _globals['_GETINFOREQUEST']._serialized_start=1525
-  _globals['_GETINFOREQUEST']._serialized_end=1541
-  _globals['_ENGINEINFO']._serialized_start=1544
-  _globals['_ENGINEINFO']._serialized_end=1794
-  _globals['_TEXTTOSPEECH']._serialized_start=1992
-  _globals['_TEXTTOSPEECH']._serialized_end=2274
+  _globals['_SYNTHESIZEREQUEST']._serialized_end=531
+  _globals['_SYNTHESIZESTREAMREQUEST']._serialized_start=533
+  _globals['_SYNTHESIZESTREAMREQUEST']._serialized_end=632
+  _globals['_TIMINGS']._serialized_start=635
+  _globals['_TIMINGS']._serialized_end=846
+  _globals['_SYNTHESIZERESPONSE']._serialized_start=849
+  _globals['_SYNTHESIZERESPONSE']._serialized_end=1115
+  _globals['_SYNTHESIZESTREAMRESPONSE']._serialized_start=1118
+  _globals['_SYNTHESIZESTREAMRESPONSE']._serialized_end=1423
+  _globals['_ENCODEPROMPTREQUEST']._serialized_start=1425
+  _globals['_ENCODEPROMPTREQUEST']._serialized_end=1519
+  _globals['_ENCODEPROMPTRESPONSE']._serialized_start=1521
+  _globals['_ENCODEPROMPTRESPONSE']._serialized_end=1636
+  _globals['_GETINFOREQUEST']._serialized_start=1638
+  _globals['_GETINFOREQUEST']._serialized_end=1654
+  _globals['_GETINFORESPONSE']._serialized_start=1657
+  _globals['_GETINFORESPONSE']._serialized_end=1912
+  _globals['_TEXTTOSPEECHSERVICE']._serialized_start=2199
+  _globals['_TEXTTOSPEECHSERVICE']._serialized_end=2513
 # @@protoc_insertion_point(module_scope)

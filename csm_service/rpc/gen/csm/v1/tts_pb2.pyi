@@ -10,24 +10,24 @@ DESCRIPTOR: _descriptor.FileDescriptor
 class AudioEncoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     AUDIO_ENCODING_UNSPECIFIED: _ClassVar[AudioEncoding]
-    PCM16_24KHZ: _ClassVar[AudioEncoding]
-    PCM16_8KHZ: _ClassVar[AudioEncoding]
-    MULAW_8KHZ: _ClassVar[AudioEncoding]
-    ALAW_8KHZ: _ClassVar[AudioEncoding]
+    AUDIO_ENCODING_PCM16_24KHZ: _ClassVar[AudioEncoding]
+    AUDIO_ENCODING_PCM16_8KHZ: _ClassVar[AudioEncoding]
+    AUDIO_ENCODING_MULAW_8KHZ: _ClassVar[AudioEncoding]
+    AUDIO_ENCODING_ALAW_8KHZ: _ClassVar[AudioEncoding]
 
 class FinishReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     FINISH_REASON_UNSPECIFIED: _ClassVar[FinishReason]
-    END_OF_SPEECH: _ClassVar[FinishReason]
-    MAX_LENGTH: _ClassVar[FinishReason]
+    FINISH_REASON_END_OF_SPEECH: _ClassVar[FinishReason]
+    FINISH_REASON_MAX_LENGTH: _ClassVar[FinishReason]
 AUDIO_ENCODING_UNSPECIFIED: AudioEncoding
-PCM16_24KHZ: AudioEncoding
-PCM16_8KHZ: AudioEncoding
-MULAW_8KHZ: AudioEncoding
-ALAW_8KHZ: AudioEncoding
+AUDIO_ENCODING_PCM16_24KHZ: AudioEncoding
+AUDIO_ENCODING_PCM16_8KHZ: AudioEncoding
+AUDIO_ENCODING_MULAW_8KHZ: AudioEncoding
+AUDIO_ENCODING_ALAW_8KHZ: AudioEncoding
 FINISH_REASON_UNSPECIFIED: FinishReason
-END_OF_SPEECH: FinishReason
-MAX_LENGTH: FinishReason
+FINISH_REASON_END_OF_SPEECH: FinishReason
+FINISH_REASON_MAX_LENGTH: FinishReason
 
 class ContextSegment(_message.Message):
     __slots__ = ("speaker", "text", "codes")
@@ -40,7 +40,7 @@ class ContextSegment(_message.Message):
     def __init__(self, speaker: _Optional[int] = ..., text: _Optional[str] = ..., codes: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class SynthesizeRequest(_message.Message):
-    __slots__ = ("text", "speaker", "max_audio_length_ms", "temperature", "top_k", "seed", "context", "encoding", "request_id", "prefix_segments", "max_context_positions", "raw_text", "voice_profile_id", "resume_from_sequence")
+    __slots__ = ("text", "speaker", "max_audio_length_ms", "temperature", "top_k", "seed", "context", "encoding", "request_id", "prefix_segments", "max_context_positions", "raw_text", "voice_profile_id")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     SPEAKER_FIELD_NUMBER: _ClassVar[int]
     MAX_AUDIO_LENGTH_MS_FIELD_NUMBER: _ClassVar[int]
@@ -54,7 +54,6 @@ class SynthesizeRequest(_message.Message):
     MAX_CONTEXT_POSITIONS_FIELD_NUMBER: _ClassVar[int]
     RAW_TEXT_FIELD_NUMBER: _ClassVar[int]
     VOICE_PROFILE_ID_FIELD_NUMBER: _ClassVar[int]
-    RESUME_FROM_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     text: str
     speaker: int
     max_audio_length_ms: int
@@ -68,8 +67,15 @@ class SynthesizeRequest(_message.Message):
     max_context_positions: int
     raw_text: bool
     voice_profile_id: str
+    def __init__(self, text: _Optional[str] = ..., speaker: _Optional[int] = ..., max_audio_length_ms: _Optional[int] = ..., temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., seed: _Optional[int] = ..., context: _Optional[_Iterable[_Union[ContextSegment, _Mapping]]] = ..., encoding: _Optional[_Union[AudioEncoding, str]] = ..., request_id: _Optional[str] = ..., prefix_segments: _Optional[int] = ..., max_context_positions: _Optional[int] = ..., raw_text: _Optional[bool] = ..., voice_profile_id: _Optional[str] = ...) -> None: ...
+
+class SynthesizeStreamRequest(_message.Message):
+    __slots__ = ("request", "resume_from_sequence")
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    RESUME_FROM_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    request: SynthesizeRequest
     resume_from_sequence: int
-    def __init__(self, text: _Optional[str] = ..., speaker: _Optional[int] = ..., max_audio_length_ms: _Optional[int] = ..., temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., seed: _Optional[int] = ..., context: _Optional[_Iterable[_Union[ContextSegment, _Mapping]]] = ..., encoding: _Optional[_Union[AudioEncoding, str]] = ..., request_id: _Optional[str] = ..., prefix_segments: _Optional[int] = ..., max_context_positions: _Optional[int] = ..., raw_text: _Optional[bool] = ..., voice_profile_id: _Optional[str] = ..., resume_from_sequence: _Optional[int] = ...) -> None: ...
+    def __init__(self, request: _Optional[_Union[SynthesizeRequest, _Mapping]] = ..., resume_from_sequence: _Optional[int] = ...) -> None: ...
 
 class Timings(_message.Message):
     __slots__ = ("time_to_first_audio_ms", "generation_time_ms", "real_time_factor", "queue_ms", "prefill_ms", "prompt_positions", "prefix_cache_hit", "context_segments")
@@ -115,7 +121,7 @@ class SynthesizeResponse(_message.Message):
     request_id: str
     def __init__(self, audio: _Optional[bytes] = ..., encoding: _Optional[_Union[AudioEncoding, str]] = ..., sample_rate: _Optional[int] = ..., duration_ms: _Optional[float] = ..., num_frames: _Optional[int] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., seed: _Optional[int] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., codes: _Optional[_Iterable[int]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
-class AudioChunk(_message.Message):
+class SynthesizeStreamResponse(_message.Message):
     __slots__ = ("audio", "sequence", "duration_ms", "encoding", "sample_rate", "final", "finish_reason", "seed", "timings", "num_frames", "codes", "request_id")
     AUDIO_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
@@ -173,7 +179,7 @@ class GetInfoRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
-class EngineInfo(_message.Message):
+class GetInfoResponse(_message.Message):
     __slots__ = ("ready", "state", "model", "device", "device_name", "dtype", "memory_total_bytes", "memory_allocated_bytes", "max_batch", "active_streams", "queue_depth", "version")
     READY_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]

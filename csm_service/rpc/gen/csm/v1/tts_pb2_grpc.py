@@ -25,7 +25,7 @@ if _version_not_supported:
     )
 
 
-class TextToSpeechStub:
+class TextToSpeechServiceStub:
     """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
@@ -35,28 +35,28 @@ class TextToSpeechStub:
             channel: A grpc.Channel.
         """
         self.Synthesize = channel.unary_unary(
-                '/csm.v1.TextToSpeech/Synthesize',
+                '/csm.v1.TextToSpeechService/Synthesize',
                 request_serializer=csm_dot_v1_dot_tts__pb2.SynthesizeRequest.SerializeToString,
                 response_deserializer=csm_dot_v1_dot_tts__pb2.SynthesizeResponse.FromString,
                 _registered_method=True)
         self.SynthesizeStream = channel.unary_stream(
-                '/csm.v1.TextToSpeech/SynthesizeStream',
-                request_serializer=csm_dot_v1_dot_tts__pb2.SynthesizeRequest.SerializeToString,
-                response_deserializer=csm_dot_v1_dot_tts__pb2.AudioChunk.FromString,
+                '/csm.v1.TextToSpeechService/SynthesizeStream',
+                request_serializer=csm_dot_v1_dot_tts__pb2.SynthesizeStreamRequest.SerializeToString,
+                response_deserializer=csm_dot_v1_dot_tts__pb2.SynthesizeStreamResponse.FromString,
                 _registered_method=True)
         self.EncodePrompt = channel.unary_unary(
-                '/csm.v1.TextToSpeech/EncodePrompt',
+                '/csm.v1.TextToSpeechService/EncodePrompt',
                 request_serializer=csm_dot_v1_dot_tts__pb2.EncodePromptRequest.SerializeToString,
                 response_deserializer=csm_dot_v1_dot_tts__pb2.EncodePromptResponse.FromString,
                 _registered_method=True)
         self.GetInfo = channel.unary_unary(
-                '/csm.v1.TextToSpeech/GetInfo',
+                '/csm.v1.TextToSpeechService/GetInfo',
                 request_serializer=csm_dot_v1_dot_tts__pb2.GetInfoRequest.SerializeToString,
-                response_deserializer=csm_dot_v1_dot_tts__pb2.EngineInfo.FromString,
+                response_deserializer=csm_dot_v1_dot_tts__pb2.GetInfoResponse.FromString,
                 _registered_method=True)
 
 
-class TextToSpeechServicer:
+class TextToSpeechServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Synthesize(self, request, context):
@@ -89,7 +89,7 @@ class TextToSpeechServicer:
         raise NotImplementedError('Method not implemented!')
 
 
-def add_TextToSpeechServicer_to_server(servicer, server):
+def add_TextToSpeechServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Synthesize': grpc.unary_unary_rpc_method_handler(
                     servicer.Synthesize,
@@ -98,8 +98,8 @@ def add_TextToSpeechServicer_to_server(servicer, server):
             ),
             'SynthesizeStream': grpc.unary_stream_rpc_method_handler(
                     servicer.SynthesizeStream,
-                    request_deserializer=csm_dot_v1_dot_tts__pb2.SynthesizeRequest.FromString,
-                    response_serializer=csm_dot_v1_dot_tts__pb2.AudioChunk.SerializeToString,
+                    request_deserializer=csm_dot_v1_dot_tts__pb2.SynthesizeStreamRequest.FromString,
+                    response_serializer=csm_dot_v1_dot_tts__pb2.SynthesizeStreamResponse.SerializeToString,
             ),
             'EncodePrompt': grpc.unary_unary_rpc_method_handler(
                     servicer.EncodePrompt,
@@ -109,17 +109,17 @@ def add_TextToSpeechServicer_to_server(servicer, server):
             'GetInfo': grpc.unary_unary_rpc_method_handler(
                     servicer.GetInfo,
                     request_deserializer=csm_dot_v1_dot_tts__pb2.GetInfoRequest.FromString,
-                    response_serializer=csm_dot_v1_dot_tts__pb2.EngineInfo.SerializeToString,
+                    response_serializer=csm_dot_v1_dot_tts__pb2.GetInfoResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'csm.v1.TextToSpeech', rpc_method_handlers)
+            'csm.v1.TextToSpeechService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('csm.v1.TextToSpeech', rpc_method_handlers)
+    server.add_registered_method_handlers('csm.v1.TextToSpeechService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
-class TextToSpeech:
+class TextToSpeechService:
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod
@@ -136,7 +136,7 @@ class TextToSpeech:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/csm.v1.TextToSpeech/Synthesize',
+            '/csm.v1.TextToSpeechService/Synthesize',
             csm_dot_v1_dot_tts__pb2.SynthesizeRequest.SerializeToString,
             csm_dot_v1_dot_tts__pb2.SynthesizeResponse.FromString,
             options,
@@ -163,9 +163,9 @@ class TextToSpeech:
         return grpc.experimental.unary_stream(
             request,
             target,
-            '/csm.v1.TextToSpeech/SynthesizeStream',
-            csm_dot_v1_dot_tts__pb2.SynthesizeRequest.SerializeToString,
-            csm_dot_v1_dot_tts__pb2.AudioChunk.FromString,
+            '/csm.v1.TextToSpeechService/SynthesizeStream',
+            csm_dot_v1_dot_tts__pb2.SynthesizeStreamRequest.SerializeToString,
+            csm_dot_v1_dot_tts__pb2.SynthesizeStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -190,7 +190,7 @@ class TextToSpeech:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/csm.v1.TextToSpeech/EncodePrompt',
+            '/csm.v1.TextToSpeechService/EncodePrompt',
             csm_dot_v1_dot_tts__pb2.EncodePromptRequest.SerializeToString,
             csm_dot_v1_dot_tts__pb2.EncodePromptResponse.FromString,
             options,
@@ -217,9 +217,9 @@ class TextToSpeech:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/csm.v1.TextToSpeech/GetInfo',
+            '/csm.v1.TextToSpeechService/GetInfo',
             csm_dot_v1_dot_tts__pb2.GetInfoRequest.SerializeToString,
-            csm_dot_v1_dot_tts__pb2.EngineInfo.FromString,
+            csm_dot_v1_dot_tts__pb2.GetInfoResponse.FromString,
             options,
             channel_credentials,
             insecure,

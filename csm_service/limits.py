@@ -1,5 +1,6 @@
 """Request rate per client: a token bucket per API key (per peer address when keys are off); and
-requests in flight per client (:class:`InflightLimiter`).
+requests in flight per client (:class:`InflightLimiter`). Used by the HTTP/WebSocket edge and by
+the engine's gRPC server (:mod:`csm_service.rpc.auth`) alike.
 
 Every synthesis request costs one token, on HTTP and on the WebSocket alike; a bucket holds at most
 ``burst`` tokens and refills at ``rate_per_s``. An empty bucket answers with the seconds until the
