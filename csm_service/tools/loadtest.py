@@ -17,58 +17,15 @@ import asyncio
 import json
 import os
 import signal
-import socket
-import subprocess
-import sys
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import aiohttp
 
-
-@dataclass
-class RequestResult:
-    sent_at: float
-    first_audio_s: float | None = None
-    done_s: float | None = None
-    audio_ms: int = 0
-    chunks: int = 0
-    error: str | None = None
-
-
-@dataclass
-class Report:
-    sessions: int
-    requests_per_session: int
-    http_clients: int
-    wall_s: float = 0.0
-    ws_requests: int = 0
-    ws_completed: int = 0
-    http_requests: int = 0
-    http_completed: int = 0
-    audio_seconds: float = 0.0
-    lost: int = 0  # requests never answered (no done and no error)
-    misordered: int = 0  # replies out of request order, or chunk indexes not contiguous
-    errors: dict[str, int] = field(default_factory=dict)
-    connect_failures: int = 0
-    ttfa_ms: dict[str, float] = field(default_factory=dict)
-    complete_ms: dict[str, float] = field(default_factory=dict)
-    http_ms: dict[str, float] = field(default_factory=dict)
-    rss_mb: dict[str, float] = field(default_factory=dict)
-    server_exit_code: int | None = None
-
-
-def percentiles(values: list[float]) -> dict[str, float]:
-    if not values:
-        return {}
-    ordered = sorted(values)
-
-    def pick(q: float) -> float:
-        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1)
-
-    return {"p50": pick(0.50), "p90": pick(0.90), "p99": pick(0.99), "max": round(ordered[-1], 1)}
+from csm_service.tools.loadtest_report import Report, RequestResult, percentiles, render
+from csm_service.tools.spawn import spawn_serve, wait_healthy
 
 
 async def run_session(
@@ -97,44 +54,56 @@ async def run_session(
                     "seed": index * 1000 + j,
                 }
             )
-        pending = list(ids)  # unanswered, in the order sent: replies must follow it
-        next_chunk = 0
-        while pending:
-            try:
-                msg = await ws.receive(timeout=args.timeout_s)
-            except TimeoutError:
-                break
-            if msg.type != aiohttp.WSMsgType.TEXT:
-                break
-            reply = json.loads(msg.data)
-            rid, now = reply.get("request_id"), time.perf_counter()
-            if rid not in pending:
-                report.misordered += 1  # unknown or already answered
-                continue
-            result = results[rid]
-            if reply["type"] == "error" and rid != pending[0]:  # refused at once (rate, bounds): no order
-                result.error = str(reply.get("error"))
-                pending.remove(rid)
-                continue
-            if rid != pending[0]:  # audio of a later request before this one finished
-                report.misordered += 1
-                continue
-            if reply["type"] == "audio":
-                if reply.get("chunk_index") != next_chunk:
-                    report.misordered += 1
-                next_chunk += 1
-                result.chunks += 1
-                result.audio_ms += int(reply["duration_ms"])
-                if result.first_audio_s is None:
-                    result.first_audio_s = now - result.sent_at
-                continue
-            if reply["type"] == "done":
-                result.done_s = now - result.sent_at
-            else:
-                result.error = str(reply.get("error"))
-            pending.pop(0)
-            next_chunk = 0
+        await _read_replies(ws, ids, results, args.timeout_s, report)
     return list(results.values())
+
+
+async def _read_replies(
+    ws: aiohttp.ClientWebSocketResponse,
+    ids: list[str],
+    results: dict[str, RequestResult],
+    timeout_s: float,
+    report: Report,
+) -> None:
+    """Read until every request in ``ids`` (in the order sent) is answered, the socket ends or stalls
+    ``timeout_s``; fill ``results`` and count replies out of order in ``report.misordered``."""
+    pending = list(ids)  # unanswered, in the order sent: replies must follow it
+    next_chunk = 0
+    while pending:
+        try:
+            msg = await ws.receive(timeout=timeout_s)
+        except TimeoutError:
+            break
+        if msg.type != aiohttp.WSMsgType.TEXT:
+            break
+        reply = json.loads(msg.data)
+        rid, now = reply.get("request_id"), time.perf_counter()
+        if rid not in pending:
+            report.misordered += 1  # unknown or already answered
+            continue
+        result = results[rid]
+        if reply["type"] == "error" and rid != pending[0]:  # refused at once (rate, bounds): no order
+            result.error = str(reply.get("error"))
+            pending.remove(rid)
+            continue
+        if rid != pending[0]:  # audio of a later request before this one finished
+            report.misordered += 1
+            continue
+        if reply["type"] == "audio":
+            if reply.get("chunk_index") != next_chunk:
+                report.misordered += 1
+            next_chunk += 1
+            result.chunks += 1
+            result.audio_ms += int(reply["duration_ms"])
+            if result.first_audio_s is None:
+                result.first_audio_s = now - result.sent_at
+            continue
+        if reply["type"] == "done":
+            result.done_s = now - result.sent_at
+        else:
+            result.error = str(reply.get("error"))
+        pending.pop(0)
+        next_chunk = 0
 
 
 async def run_http_client(
@@ -213,62 +182,6 @@ async def run(args: argparse.Namespace, pid: int | None = None) -> Report:
     return report
 
 
-def render(report: Report) -> str:
-    rows = [
-        ("sessions x requests", f"{report.sessions} x {report.requests_per_session} (+{report.http_clients} HTTP)"),
-        ("wall", f"{report.wall_s} s"),
-        ("WebSocket completed", f"{report.ws_completed}/{report.ws_requests}"),
-        ("HTTP completed", f"{report.http_completed}/{report.http_requests}"),
-        (
-            "throughput",
-            f"{(report.ws_completed + report.http_completed) / max(report.wall_s, 1e-9):.1f} req/s, "
-            f"{report.audio_seconds / max(report.wall_s, 1e-9):.2f} audio s/s",
-        ),
-        ("lost / misordered", f"{report.lost} / {report.misordered}"),
-        ("errors", json.dumps(report.errors) if report.errors else "0"),
-        ("WS time to first audio ms", json.dumps(report.ttfa_ms)),
-        ("WS completion ms", json.dumps(report.complete_ms)),
-        ("HTTP latency ms", json.dumps(report.http_ms)),
-        ("server RSS MB", json.dumps(report.rss_mb) if report.rss_mb else "not sampled"),
-        (
-            "server exit code after SIGTERM",
-            str(report.server_exit_code) if report.server_exit_code is not None else "-",
-        ),
-    ]
-    width = max(len(k) for k, _ in rows)
-    return "\n".join(f"| {k.ljust(width)} | {v} |" for k, v in rows)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-async def _wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float) -> None:
-    end = time.monotonic() + timeout_s
-    async with aiohttp.ClientSession() as http:
-        while time.monotonic() < end:
-            if proc.poll() is not None:
-                raise RuntimeError(f"the server exited with {proc.returncode} while starting")
-            try:
-                async with http.get(f"{url}/health") as resp:
-                    if resp.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.2)
-    raise TimeoutError("the server did not become healthy")
-
-
-def spawn_serve(args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
-    cmd = [sys.executable, "-m", "csm_service.cli", "serve", "--model", "tiny-random", "--host", "127.0.0.1"]
-    cmd += ["--port", str(port), "--grpc-host", "127.0.0.1", "--grpc-port", "0", *args.serve_args.split()]
-    log = open(args.server_log, "wb") if args.server_log else subprocess.DEVNULL
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), f"http://127.0.0.1:{port}"
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="csm-service loadtest", description=__doc__.split("\n")[0])
     p.add_argument("--url", default="http://127.0.0.1:8000", help="the edge (ignored with --spawn)")
@@ -299,7 +212,7 @@ async def main_async(args: argparse.Namespace) -> list[Report]:
         return [await run(args, args.pid) for _ in range(args.rounds)]
     proc, args.url = spawn_serve(args)
     try:
-        await _wait_healthy(args.url, proc, 300)
+        await wait_healthy(args.url, proc, 300)
         reports = [await run(args, proc.pid) for _ in range(args.rounds)]
         proc.send_signal(signal.SIGTERM)
         reports[-1].server_exit_code = await asyncio.to_thread(proc.wait, 120)

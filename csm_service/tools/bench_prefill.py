@@ -17,18 +17,18 @@ import datetime as dt
 import math
 import queue
 import statistics
-import sys
 import time
 from collections.abc import Callable
 
 import numpy as np
 import torch
 
-from csm_service.bench_engine import SHORT_SENTENCE, make_engine
-from csm_service.bench_prefix import VOICE_TRANSCRIPT
-from csm_service.config import FRAME_MS, TINY_RANDOM, EngineConfig
+from csm_service.config import TINY_RANDOM, EngineConfig
+from csm_service.core.constants import FRAME_MS
+from csm_service.core.events import Finished
+from csm_service.core.request import Segment, SpeechRequest
 from csm_service.engine.engine import Engine
-from csm_service.engine.request import Finished, Segment, SynthesisRequest
+from csm_service.tools.bench_common import SHORT_SENTENCE, VOICE_TRANSCRIPT, command_line, device_name, make_engine
 
 HANG_GUARD_S = 3600.0
 
@@ -51,12 +51,28 @@ def _timed_prefill(engine: Engine, seed: int, chunk_s: list[float]) -> Callable[
     return lambda: delattr(engine.runner, "prefill")
 
 
+def _live_intervals(
+    arrivals: list[list[float]], admitted_at: float, voice_first_audio_at: float
+) -> tuple[list[float], list[float]]:
+    """The live streams' frame intervals (s) before the voice request was admitted, and while it was
+    prefilled (until its first audio)."""
+    # Before: each stream's intervals once all were live (its first one overlaps the others' admission).
+    before = [b - a for times in arrivals for a, b in zip(times[1:], times[2:], strict=False) if b <= admitted_at]
+    during = [
+        b - a
+        for times in arrivals
+        for a, b in zip(times, times[1:], strict=False)
+        if admitted_at < b <= voice_first_audio_at + 1e-3
+    ]
+    return before, during
+
+
 def run_mode(engine: Engine, args: argparse.Namespace, chunk: int, voice_seed: int) -> dict:
     """Live streams, then the cold voice request beside them -> the row of the table."""
     engine.cfg = dataclasses.replace(engine.cfg, prefill_chunk_positions=chunk)
     frames = int(args.voice_seconds * 1000 / FRAME_MS)
     voice = Segment(0, VOICE_TRANSCRIPT, np.random.default_rng(voice_seed).integers(0, 2048, (32, frames)))
-    voice_request = SynthesisRequest(
+    voice_request = SpeechRequest(
         SHORT_SENTENCE, context=(voice,), prefix_segments=1, seed=voice_seed, max_audio_length_ms=FRAME_MS
     )
     arrivals: list[list[float]] = [[] for _ in range(args.live)]
@@ -82,20 +98,12 @@ def run_mode(engine: Engine, args: argparse.Namespace, chunk: int, voice_seed: i
     live_ms = FRAME_MS * (args.warm_frames + live_frames)
     try:
         for i in range(args.live):
-            engine.submit(SynthesisRequest(SHORT_SENTENCE, seed=100 + i, max_audio_length_ms=live_ms), live_sink(i))
+            engine.submit(SpeechRequest(SHORT_SENTENCE, seed=100 + i, max_audio_length_ms=live_ms), live_sink(i))
         done = [finished.get(timeout=HANG_GUARD_S) for _ in range(args.live + 1)]
     finally:
         undo()
     voice_done = next(f for f in done if f.seed == voice_seed)
-    voice_first_audio_at = submitted[0] + voice_done.timings.first_audio_s
-    # Before: each stream's intervals once all were live (its first one overlaps the others' admission).
-    before = [b - a for times in arrivals for a, b in zip(times[1:], times[2:], strict=False) if b <= submitted[0]]
-    during = [
-        b - a
-        for times in arrivals
-        for a, b in zip(times, times[1:], strict=False)
-        if submitted[0] < b <= voice_first_audio_at + 1e-3
-    ]
+    before, during = _live_intervals(arrivals, submitted[0], submitted[0] + voice_done.timings.first_audio_s)
     return {
         "mode": "one-shot" if chunk == 0 else f"chunked ({chunk} positions)",
         "prefill_chunk_positions": chunk,
@@ -131,17 +139,15 @@ def bench_prefill(args: argparse.Namespace) -> dict:
         rows = [run_mode(engine, args, chunk, voice_seed=1000 + i) for i, chunk in enumerate((0, args.chunk_positions))]
     finally:
         engine.stop()
-    from csm_service.bench import _device_name
-
     return {
         "benchmark": "prefill",
         "model": model_name,
-        "device": _device_name(engine.runner.device),
+        "device": device_name(engine.runner.device),
         "dtype": str(engine.runner.dtype).removeprefix("torch."),
         "cuda_graphs": bool(engine.runner.graphs),
         "torch": torch.__version__,
         "date": dt.date.today().isoformat(),
-        "command": "csm-service bench " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["bench"] else sys.argv[1:]),
+        "command": command_line(),
         "live_streams": args.live,
         "voice_seconds": args.voice_seconds,
         "rows": rows,

@@ -1,6 +1,6 @@
 """``csm-service bench twilio``: Twilio media streams as a phone call sees them.
 
-N simulated calls (:class:`~csm_service.twilio_sim.TwilioSimulator`, Twilio's behaviour as its
+N simulated calls (:class:`~csm_service.tools.twilio_sim.TwilioSimulator`, Twilio's behaviour as its
 docs describe it) connect at once. On each, one utterance is asked for over the control API; once
 its audio has started, a second one barges in (``interrupt: true``). Reported, over all calls:
 
@@ -23,8 +23,9 @@ import time
 import aiohttp
 
 from csm_service.edge.twilio.pacer import FRAME_S
-from csm_service.loadtest import _wait_healthy, percentiles, spawn_serve
-from csm_service.twilio_sim import TwilioSimulator
+from csm_service.tools.loadtest_report import percentiles
+from csm_service.tools.spawn import spawn_serve, wait_healthy
+from csm_service.tools.twilio_sim import TwilioSimulator
 
 
 async def one_call(url: str, index: int, args: argparse.Namespace) -> dict[str, float | int]:
@@ -103,7 +104,7 @@ def bench_twilio(args: argparse.Namespace) -> dict:
         args.serve_args, args.server_log = args.serve_args or "", ""
         proc, url = spawn_serve(args)
         try:
-            await _wait_healthy(url, proc, 300)
+            await wait_healthy(url, proc, 300)
             return {**await run(args, url), "server": "csm-service serve --model tiny-random " + args.serve_args}
         finally:
             proc.kill()

@@ -12,20 +12,19 @@ import argparse
 import datetime as dt
 import queue
 import statistics
-import sys
 
 import numpy as np
 import torch
 
-from csm_service.bench_engine import SHORT_SENTENCE, make_engine
-from csm_service.config import FRAME_MS, TINY_RANDOM, EngineConfig
+from csm_service.config import TINY_RANDOM, EngineConfig
+from csm_service.core.constants import FRAME_MS
+from csm_service.core.events import Finished
+from csm_service.core.request import Segment, SpeechRequest
 from csm_service.engine.engine import Engine
-from csm_service.engine.request import Finished, Segment, SynthesisRequest
-
-VOICE_TRANSCRIPT = "Hi, this is Sam from the front desk, and this is how I sound on the phone."
+from csm_service.tools.bench_common import SHORT_SENTENCE, VOICE_TRANSCRIPT, command_line, device_name, make_engine
 
 
-def _once(engine: Engine, request: SynthesisRequest) -> Finished:
+def _once(engine: Engine, request: SpeechRequest) -> Finished:
     events: queue.Queue = queue.Queue()
     engine.submit(request, events.put)
     while not isinstance(event := events.get(timeout=3600), Finished):
@@ -45,11 +44,11 @@ def bench_prefix(args: argparse.Namespace) -> dict:
     frames = int(args.voice_seconds * 1000 / FRAME_MS)
     rows: dict[str, list[Finished]] = {"no voice": [], "voice, cold cache": [], "voice, warm cache": []}
     try:
-        _once(engine, SynthesisRequest(SHORT_SENTENCE, max_audio_length_ms=FRAME_MS, seed=0))  # warm run
+        _once(engine, SpeechRequest(SHORT_SENTENCE, max_audio_length_ms=FRAME_MS, seed=0))  # warm run
         for i in range(args.repeats):
             voice = Segment(0, VOICE_TRANSCRIPT, np.random.default_rng(i).integers(0, 2048, (32, frames)))
-            plain = SynthesisRequest(SHORT_SENTENCE, max_audio_length_ms=FRAME_MS, seed=i)
-            voiced = SynthesisRequest(
+            plain = SpeechRequest(SHORT_SENTENCE, max_audio_length_ms=FRAME_MS, seed=i)
+            voiced = SpeechRequest(
                 SHORT_SENTENCE, max_audio_length_ms=FRAME_MS, seed=i, context=(voice,), prefix_segments=1
             )
             rows["no voice"].append(_once(engine, plain))
@@ -59,16 +58,14 @@ def bench_prefix(args: argparse.Namespace) -> dict:
         engine.stop()
     assert all(not f.timings.prefix_cache_hit for f in rows["voice, cold cache"])
     assert all(f.timings.prefix_cache_hit for f in rows["voice, warm cache"])
-    from csm_service.bench import _device_name
-
     return {
         "benchmark": "prefix",
         "model": model_name,
-        "device": _device_name(engine.runner.device),
+        "device": device_name(engine.runner.device),
         "dtype": str(engine.runner.dtype).removeprefix("torch."),
         "torch": torch.__version__,
         "date": dt.date.today().isoformat(),
-        "command": "csm-service bench " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["bench"] else sys.argv[1:]),
+        "command": command_line(),
         "voice_seconds": args.voice_seconds,
         "repeats": args.repeats,
         "rows": [

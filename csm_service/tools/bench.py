@@ -3,7 +3,8 @@
 ``csm-service bench frame``: ms per 80 ms frame of our model vs transformers'
 CsmForConditionalGeneration on the same random weights, the same prompt and the same number of
 frames, in one process, for each dtype asked (CUDA graphs on for ours on a GPU).
-``csm-service bench engine``: see :mod:`csm_service.bench_engine`.
+``csm-service bench engine|prefix|prefill|twilio``: see :mod:`csm_service.tools.bench_engine` and the
+other ``bench_*`` modules; this module parses ``csm-service bench`` and runs the one asked for.
 """
 
 from __future__ import annotations
@@ -18,16 +19,11 @@ import torch
 
 from csm_service.config import NAMED_CONFIGS
 from csm_service.engine.runner import ModelRunner
+from csm_service.tools import bench_engine, bench_prefill, bench_prefix, bench_twilio
+from csm_service.tools.bench_common import command_line, device_name
 
 WARMUP_FRAMES = 3  # both implementations get the same untimed run first
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-
-
-def _device_name(device: torch.device) -> str:
-    from csm_service.engine.device_info import device_info
-
-    name = device_info(device)["device_name"]
-    return name if device.type == "cuda" else f"{name} CPU, {torch.get_num_threads()} threads"
 
 
 def _sync(device: torch.device) -> None:
@@ -94,7 +90,7 @@ def time_transformers(hf_model, ids: torch.Tensor, frames: int, device: torch.de
 
 def bench_frame(args: argparse.Namespace) -> dict:
     from csm_service.model.loader import model_from_state_dict
-    from csm_service.peers.transformers_csm import build_hf_model
+    from csm_service.tools.peers.transformers_csm import build_hf_model
 
     cfg = NAMED_CONFIGS[args.config]
     device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -123,12 +119,12 @@ def bench_frame(args: argparse.Namespace) -> dict:
     return {
         "benchmark": "frame",
         "config": cfg.name,
-        "device": _device_name(device),
+        "device": device_name(device),
         "torch": torch.__version__,
         "frames": args.frames,
         "prompt_tokens": len(ids),
         "date": dt.date.today().isoformat(),
-        "command": "csm-service bench " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["bench"] else sys.argv[1:]),
+        "command": command_line(),
         "results": rows,
     }
 
@@ -159,8 +155,6 @@ def main(argv: list[str] | None = None) -> int:
     frame.add_argument("--no-peer", action="store_true", help="skip transformers")
     frame.add_argument("--no-cuda-graphs", action="store_true", help="ours eager on CUDA")
     frame.add_argument("--json", help="also write the JSON here")
-    from csm_service import bench_engine, bench_prefill, bench_prefix, bench_twilio
-
     bench_engine.add_parser(sub)
     bench_prefix.add_parser(sub)
     bench_prefill.add_parser(sub)

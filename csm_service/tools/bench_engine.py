@@ -13,48 +13,18 @@ import argparse
 import datetime as dt
 import queue
 import statistics
-import sys
 import time
 from collections.abc import Callable
 
 import numpy as np
 import torch
 
-from csm_service.config import FRAME_MS, NAMED_CONFIGS, TINY_RANDOM, EngineConfig
+from csm_service.config import NAMED_CONFIGS, TINY_RANDOM, EngineConfig
+from csm_service.core.constants import FRAME_MS
+from csm_service.core.events import Finished
+from csm_service.core.request import SpeechRequest
 from csm_service.engine.engine import Engine
-from csm_service.engine.request import Finished, SynthesisRequest
-
-SHORT_SENTENCE = "Hello, how can I help you today?"
-
-
-def build_random_engine(config: str, cfg: EngineConfig) -> Engine:
-    """An engine on random weights of a named model shape (no checkpoint needed)."""
-    from csm_service.codec.mimi import MimiCodec
-    from csm_service.engine.runner import WARM_UP_SLOTS, ModelRunner, pick_device, pick_dtype
-    from csm_service.model.csm import CSM
-    from csm_service.model.tokenizer import ByteTokenizer
-
-    device = pick_device(cfg.device)
-    dtype = pick_dtype(cfg.dtype, device)
-    torch.manual_seed(cfg.seed)
-    with torch.device(device):
-        model = CSM(NAMED_CONFIGS[config])
-        for p in model.parameters():
-            torch.nn.init.normal_(p, std=0.02)
-    codec = MimiCodec(None, device, seed=cfg.seed, tiny=config == "tiny")
-    runner = ModelRunner(model, WARM_UP_SLOTS, device, dtype, use_cuda_graphs=cfg.use_cuda_graphs)
-    engine = Engine(runner, codec, ByteTokenizer(), cfg)
-    engine.start()
-    return engine
-
-
-def make_engine(config: str | None, cfg: EngineConfig) -> tuple[Engine, str]:
-    """Random weights of a named shape (``--config``), else a real build of ``cfg.model``."""
-    if config:
-        return build_random_engine(config, cfg), f"random {config}"
-    from csm_service.engine.build import build_engine
-
-    return build_engine(cfg), cfg.model
+from csm_service.tools.bench_common import SHORT_SENTENCE, command_line, device_name, make_engine
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -78,7 +48,7 @@ def run_wave(engine: Engine, num_streams: int, audio_ms: int, text: str) -> list
 
     for i in range(num_streams):
         submitted[i] = time.perf_counter()
-        engine.submit(SynthesisRequest(text, max_audio_length_ms=audio_ms, seed=i), sink_for(i))
+        engine.submit(SpeechRequest(text, max_audio_length_ms=audio_ms, seed=i), sink_for(i))
     results = []
     for _ in range(num_streams):
         i, done = finished.get(timeout=3600)
@@ -135,17 +105,16 @@ def bench_engine(args: argparse.Namespace) -> dict:
             )
     finally:
         engine.stop()
-    from csm_service.bench import _device_name
 
     return {
         "benchmark": "engine",
         "model": model_name,
-        "device": _device_name(device),
+        "device": device_name(device),
         "dtype": str(engine.runner.dtype).removeprefix("torch."),
         "cuda_graphs": bool(engine.runner.graphs),
         "torch": torch.__version__,
         "date": dt.date.today().isoformat(),
-        "command": "csm-service bench " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["bench"] else sys.argv[1:]),
+        "command": command_line(),
         "startup_s": startup_s,
         "ttfa_ms_median": 1000 * statistics.median(ttfa),
         "single_stream_ms_per_frame": 1000 * single["frame_interval_s"],
