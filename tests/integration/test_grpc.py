@@ -41,8 +41,18 @@ def request(**kw) -> pb.SynthesizeRequest:
 
 
 # 800 ms of audio in each format: bytes per second of the format * 0.8
-EXPECTED_BYTES = {pb.PCM16_24KHZ: 38_400, pb.PCM16_8KHZ: 12_800, pb.MULAW_8KHZ: 6_400, pb.ALAW_8KHZ: 6_400}
-RATES = {pb.PCM16_24KHZ: 24_000, pb.PCM16_8KHZ: 8_000, pb.MULAW_8KHZ: 8_000, pb.ALAW_8KHZ: 8_000}
+EXPECTED_BYTES = {
+    pb.AUDIO_ENCODING_PCM16_24KHZ: 38_400,
+    pb.AUDIO_ENCODING_PCM16_8KHZ: 12_800,
+    pb.AUDIO_ENCODING_MULAW_8KHZ: 6_400,
+    pb.AUDIO_ENCODING_ALAW_8KHZ: 6_400,
+}
+RATES = {
+    pb.AUDIO_ENCODING_PCM16_24KHZ: 24_000,
+    pb.AUDIO_ENCODING_PCM16_8KHZ: 8_000,
+    pb.AUDIO_ENCODING_MULAW_8KHZ: 8_000,
+    pb.AUDIO_ENCODING_ALAW_8KHZ: 8_000,
+}
 
 
 @pytest.mark.parametrize("encoding", list(EXPECTED_BYTES))
@@ -53,7 +63,7 @@ async def test_unary_and_stream_in_every_format(engine, encoding):
         assert whole.sample_rate == RATES[encoding] and whole.num_frames == 10
         assert len(whole.audio) == EXPECTED_BYTES[encoding]
         assert whole.duration_ms == pytest.approx(800, abs=1)
-        assert whole.finish_reason == pb.MAX_LENGTH and whole.seed == 7 and len(whole.codes) == 320
+        assert whole.finish_reason == pb.FINISH_REASON_MAX_LENGTH and whole.seed == 7 and len(whole.codes) == 320
         chunks = [c async for c in client.stream_chunks(request(encoding=encoding), timeout=60)]
         assert len(chunks) > 2 and chunks[-1].final and not any(c.final for c in chunks[:-1])
         assert [c.sequence for c in chunks] == list(range(len(chunks)))
@@ -89,7 +99,7 @@ async def test_reflection_lists_the_service(engine):
             return ProtoReflectionDescriptorDatabase(channel).get_services()
 
     names = await asyncio.to_thread(services)
-    assert "csm.v1.TextToSpeech" in names and "grpc.health.v1.Health" in names
+    assert "csm.v1.TextToSpeechService" in names and "grpc.health.v1.Health" in names
 
 
 @pytest.mark.parametrize(
@@ -140,7 +150,9 @@ async def test_encode_prompt_rejects_bad_input(engine):
         await client.close()
 
 
-async def _drain(client: EngineClient, req: pb.SynthesizeRequest, timeout: float = 30) -> list[pb.AudioChunk]:
+async def _drain(
+    client: EngineClient, req: pb.SynthesizeRequest, timeout: float = 30
+) -> list[pb.SynthesizeStreamResponse]:
     return [c async for c in client.stream_chunks(req, timeout=timeout)]
 
 
@@ -190,7 +202,9 @@ async def test_health_transitions_and_drain(tmp_path):
 
         async def status():
             try:
-                s = (await health.Check(health_pb2.HealthCheckRequest(service="csm.v1.TextToSpeech"), timeout=1)).status
+                s = (
+                    await health.Check(health_pb2.HealthCheckRequest(service="csm.v1.TextToSpeechService"), timeout=1)
+                ).status
             except grpc.aio.AioRpcError:
                 return None
             if not seen or seen[-1] != s:

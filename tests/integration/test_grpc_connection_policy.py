@@ -23,7 +23,7 @@ from csm_service.metrics import EngineMetrics
 from csm_service.rpc.client import EngineClient
 from csm_service.rpc.formats import SERVICE_NAME
 from csm_service.rpc.gen.csm.v1 import tts_pb2 as pb
-from csm_service.rpc.server import EngineServer, TextToSpeechServicer
+from csm_service.rpc.server import EngineServer, TextToSpeechServiceServicer
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 PING_S = 1.0  # the client's keepalive in these tests
@@ -74,18 +74,18 @@ def request(**kw) -> pb.SynthesizeRequest:
     return pb.SynthesizeRequest(**kw)
 
 
-async def read_all(call: grpc.aio.UnaryStreamCall) -> list[pb.AudioChunk]:
+async def read_all(call: grpc.aio.UnaryStreamCall) -> list[pb.SynthesizeStreamResponse]:
     chunks = []
     while (chunk := await call.read()) != grpc.aio.EOF:
         chunks.append(chunk)
     return chunks
 
 
-def assert_whole(chunks: list[pb.AudioChunk], frames: int) -> None:
+def assert_whole(chunks: list[pb.SynthesizeStreamResponse], frames: int) -> None:
     """Every chunk in order, one final chunk last, all the audio the request asked for."""
     assert [c.sequence for c in chunks] == list(range(len(chunks)))
     assert chunks[-1].final and not any(c.final for c in chunks[:-1])
-    assert chunks[-1].finish_reason == pb.MAX_LENGTH and chunks[-1].num_frames == frames
+    assert chunks[-1].finish_reason == pb.FINISH_REASON_MAX_LENGTH and chunks[-1].num_frames == frames
     assert sum(len(c.audio) for c in chunks) == frames * 1920 * 2  # PCM16 at 24 kHz, 80 ms frames
 
 
@@ -142,16 +142,16 @@ async def test_max_connection_age_recycles_without_cutting_a_stream(engine, monk
     new connection, so it is in flight across the age boundary however fast the machine is."""
     peers: list[str] = []  # the client address of every stream, in order: a new port = a new connection
     release = asyncio.Event()
-    original = TextToSpeechServicer.SynthesizeStream
+    original = TextToSpeechServiceServicer.SynthesizeStream
 
     async def recording(self, req, context):
         peers.append(context.peer())
         async for chunk in original(self, req, context):
             yield chunk
-            if req.request_id == "long" and chunk.sequence == 0:
+            if req.request.request_id == "long" and chunk.sequence == 0:
                 await release.wait()  # a slow utterance: nothing more on this stream for now
 
-    monkeypatch.setattr(TextToSpeechServicer, "SynthesizeStream", recording)
+    monkeypatch.setattr(TextToSpeechServiceServicer, "SynthesizeStream", recording)
     async with serving(engine, max_connection_age_s=AGE_S, max_connection_age_grace_s=120.0) as addr:
         started = time.monotonic()  # before the first connection: it cannot reach its age sooner than AGE_S
         client = await connected(addr)

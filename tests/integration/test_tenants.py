@@ -19,7 +19,7 @@ import soundfile
 
 from csm_service.rpc.client import EngineClient
 from csm_service.rpc.gen.csm.v1 import tts_pb2 as pb
-from csm_service.twilio_sim import TwilioSimulator
+from csm_service.tools.twilio_sim import TwilioSimulator
 from csm_service.voices import VoiceStore
 from tests.integration.servers import free_port, http_status, metric, start_serve, wait_until
 
@@ -276,7 +276,9 @@ async def test_grpc_port_caps_each_key(tenants):
     def client(key: str) -> EngineClient:
         return EngineClient(tenants["grpc"], metadata=(("authorization", f"Bearer {key}"),))
 
-    long = pb.SynthesizeRequest(text="held on the gRPC port", max_audio_length_ms=LONG_MS, encoding=pb.MULAW_8KHZ)
+    long = pb.SynthesizeRequest(
+        text="held on the gRPC port", max_audio_length_ms=LONG_MS, encoding=pb.AUDIO_ENCODING_MULAW_8KHZ
+    )
     globex, acme, ops = client("key-globex"), client("key-acme-1"), client("key-ops")
     held = []
     try:
