@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from csm_service.config import CsmConfig
-from csm_service.peers.transformers_csm import LLAMA3_ROPE, build_hf_model, hf_config  # noqa: F401
+from csm_service.tools.peers.transformers_csm import LLAMA3_ROPE, build_hf_model, hf_config  # noqa: F401
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 

@@ -16,8 +16,9 @@ import pytest
 import torch
 
 from csm_service.config import EngineConfig
+from csm_service.core.events import Finished
+from csm_service.core.request import SpeechRequest
 from csm_service.engine.build import build_engine
-from csm_service.engine.request import Finished, SynthesisRequest
 from csm_service.engine.runner import ModelRunner
 from tests.gpu.helpers import CUDA, frame_logits, prefill_as, prefill_slots, random_csm1b, relative_error
 
@@ -83,12 +84,12 @@ def test_fp32_greedy_codes_alone_equal_in_a_crowd_through_the_engine():
         finished: queue.Queue = queue.Queue()
         num_requests = 48
         for i in range(num_requests):
-            request = SynthesisRequest(f"request {i}", max_audio_length_ms=800, top_k=1, seed=i)
+            request = SpeechRequest(f"request {i}", max_audio_length_ms=800, top_k=1, seed=i)
             engine.submit(request, lambda event, i=i: finished.put((i, event)) if isinstance(event, Finished) else None)
         crowd = dict(finished.get(timeout=300) for _ in range(num_requests))
         for i in (0, 7, 31, 47):
             alone: queue.Queue = queue.Queue()
-            engine.submit(SynthesisRequest(f"request {i}", max_audio_length_ms=800, top_k=1, seed=i), alone.put)
+            engine.submit(SpeechRequest(f"request {i}", max_audio_length_ms=800, top_k=1, seed=i), alone.put)
             while not isinstance(event := alone.get(timeout=60), Finished):
                 pass
             assert event.num_frames == crowd[i].num_frames > 0, i

@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from csm_service.config import EngineConfig
+from csm_service.core.events import Finished
+from csm_service.core.request import SpeechRequest
 from csm_service.engine.build import build_engine
-from csm_service.engine.request import Finished, SynthesisRequest
 from csm_service.engine.runner import ModelRunner
 from csm_service.model.loader import build_tiny_random
 from tests.gpu.helpers import CUDA, prefill_slots, random_csm1b, record_replays
@@ -65,7 +66,7 @@ def test_many_concurrent_requests_finish_with_valid_audio():
 
         num_requests = 96
         for i in range(num_requests):
-            engine.submit(SynthesisRequest(f"request {i}", max_audio_length_ms=800, seed=i), sink_for(i))
+            engine.submit(SpeechRequest(f"request {i}", max_audio_length_ms=800, seed=i), sink_for(i))
         results = dict(finished.get(timeout=300) for _ in range(num_requests))
         for i, done in results.items():
             assert done.reason == "max_length" and done.num_frames == 10, (i, done.reason, done.error)

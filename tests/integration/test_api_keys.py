@@ -115,7 +115,7 @@ async def test_grpc_needs_metadata_but_health_is_open(keyed):
 async def test_twilio_stream_key_in_custom_parameters_and_control_api_bearer(keyed):
     """Twilio sends no Authorization header and its stream URL takes no query string, so the key
     comes as <Parameter name="api_key">; without a valid one the stream is closed with 1008."""
-    from csm_service.twilio_sim import TwilioSimulator
+    from csm_service.tools.twilio_sim import TwilioSimulator
 
     port, _ = keyed
     url = f"ws://127.0.0.1:{port}/v1/twilio/media-stream"

@@ -27,7 +27,7 @@ import aiohttp
 import pytest
 
 from csm_service.edge.state import STATE
-from csm_service.twilio_sim import TwilioSimulator
+from csm_service.tools.twilio_sim import TwilioSimulator
 from tests.integration.servers import (
     ROOT,
     Process,

@@ -14,7 +14,7 @@ import signal
 
 import aiohttp
 
-from csm_service.twilio_sim import TwilioSimulator
+from csm_service.tools.twilio_sim import TwilioSimulator
 from tests.integration.servers import async_wait_until, http_status, metric, start_serve, wait_until
 
 

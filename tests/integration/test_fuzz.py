@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from csm_service.edge import errors
+from csm_service.core import errors
 from tests.integration.servers import http_status, start_serve, wait_until
 
 EXAMPLES = int(os.environ.get("CSM_FUZZ_EXAMPLES", "150"))

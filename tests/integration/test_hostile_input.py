@@ -25,7 +25,7 @@ import aiohttp
 import numpy as np
 import pytest
 
-from csm_service.twilio_sim import TwilioSimulator
+from csm_service.tools.twilio_sim import TwilioSimulator
 from tests.integration.servers import async_wait_until, http_status, start_serve, wait_until
 
 KEY = "hostile-input-key"

@@ -12,7 +12,7 @@ import urllib.request
 
 import aiohttp
 
-from csm_service.twilio_sim import TwilioSimulator
+from csm_service.tools.twilio_sim import TwilioSimulator
 from tests.integration.servers import async_wait_until, free_port, http_status, metric, start_edge, start_engine
 
 

@@ -7,7 +7,7 @@ import json
 
 from aiohttp import web
 
-from csm_service.loadtest import parse_args, run
+from csm_service.tools.loadtest import parse_args, run
 from tests.integration.servers import free_port
 
 

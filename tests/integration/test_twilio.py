@@ -1,4 +1,4 @@
-"""The Twilio-native media stream against a Twilio simulator (tests/integration/twilio_sim.py).
+"""The Twilio-native media stream against a Twilio simulator (csm_service/tools/twilio_sim.py).
 
 What is checked: 20 ms mu-law frames whose audio is byte for byte the native API's audio for
 the same request; a mark after every utterance, echoed once played; pacing (never far ahead of
@@ -18,7 +18,7 @@ import urllib.request
 import aiohttp
 import pytest
 
-from csm_service.twilio_sim import TwilioSimulator
+from csm_service.tools.twilio_sim import TwilioSimulator
 from tests.integration.servers import async_wait_until
 
 SAMPLING = {"max_audio_length_ms": 800, "raw_text": True}

@@ -17,10 +17,10 @@ import soundfile
 import soxr
 
 import csm_service.audio.decode as decode
-import csm_service.edge.voices_api as voices_api
+import csm_service.edge.caller_turn as caller_turn
+from csm_service.api.errors import ApiError
 from csm_service.audio.decode import AudioLimits, BadAudio, UnacceptedFormat, decode_audio, prompt_audio
 from csm_service.config import ServiceConfig
-from csm_service.edge.errors import ApiError
 from tests.integration.test_audio_bombs import flac_claiming, silent_flac
 
 
@@ -218,8 +218,7 @@ def test_limits_from_the_service_config():
 
 
 def caller_audio(fmt: str, data: bytes, max_seconds: float = 2.0) -> tuple[np.ndarray, int] | None:
-    message = {"audio_base64": base64.b64encode(data).decode(), "format": fmt}
-    return voices_api._caller_audio(message, AudioLimits(max_seconds=max_seconds))
+    return caller_turn._caller_audio(base64.b64encode(data).decode(), fmt, AudioLimits(max_seconds=max_seconds))
 
 
 def test_context_wav_must_be_a_wav_file():
@@ -256,8 +255,8 @@ def test_context_raw_audio_at_the_bound_by_its_bytes(fmt, bytes_at_bound, monkey
     def no_conversion(*args):
         raise AssertionError("converted before the length check")
 
-    monkeypatch.setattr(voices_api, "mulaw_to_pcm16", no_conversion)
-    monkeypatch.setattr(voices_api.np, "frombuffer", no_conversion)
+    monkeypatch.setattr(caller_turn, "mulaw_to_pcm16", no_conversion)
+    monkeypatch.setattr(caller_turn.np, "frombuffer", no_conversion)
     with pytest.raises(ApiError) as err:
         caller_audio(fmt, b"\x01" * (bytes_at_bound + width))
     assert err.value.status == 422 and err.value.field == "audio_base64" and "at most 2 s" in str(err.value)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 
-from csm_service.auth import KeyChecker, bearer_token, grpc_metadata, warn_if_open
+from csm_service.auth import KeyChecker, bearer_token, warn_if_open
 from csm_service.config import api_keys, build_config
+from csm_service.rpc.auth import grpc_metadata
 
 
 def test_checker():

@@ -14,7 +14,7 @@ _spec = importlib.util.spec_from_file_location("bench_table", ROOT / "scripts" /
 bench_table = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(bench_table)
 
-FRAME = {  # the keys csm_service/bench.py writes
+FRAME = {  # the keys csm_service/tools/bench.py writes
     "benchmark": "frame",
     "config": "csm-1b",
     "device": "NVIDIA H100 80GB HBM3",
@@ -50,7 +50,7 @@ FRAME = {  # the keys csm_service/bench.py writes
         },
     ],
 }
-ENGINE = {  # the keys csm_service/bench_engine.py writes
+ENGINE = {  # the keys csm_service/tools/bench_engine.py writes
     "benchmark": "engine",
     "model": "random csm-1b",
     "device": "NVIDIA H100 80GB HBM3",

@@ -20,10 +20,11 @@ import pytest
 import torch
 
 from csm_service.config import EngineConfig
+from csm_service.core.events import Finished
+from csm_service.core.request import Segment, SpeechRequest
 from csm_service.engine.build import build_engine
 from csm_service.engine.prefill import PrefillTask, plan_round, prefill_chunks
 from csm_service.engine.prompt import assemble_prompt
-from csm_service.engine.request import Finished, Segment, SynthesisRequest
 from csm_service.engine.runner import ModelRunner
 from csm_service.model.loader import build_tiny_random
 from csm_service.model.tokenizer import ByteTokenizer
@@ -35,17 +36,17 @@ VOICE = Segment(0, "This is my voice on the phone.", _rng.integers(0, 2048, (32,
 TURN_1 = Segment(1, "An earlier turn of the call, spoken by the caller.", _rng.integers(0, 2048, (32, 150)))
 TURN_2 = Segment(0, "And the answer to it.", _rng.integers(0, 2048, (32, 90)))
 REQUESTS = {
-    "plain": SynthesisRequest("Hello there, how can I help?", seed=1, max_audio_length_ms=1600),
-    "long context": SynthesisRequest("Tell me more.", context=(TURN_1, TURN_2), seed=2, max_audio_length_ms=1600),
-    "voice": SynthesisRequest(
+    "plain": SpeechRequest("Hello there, how can I help?", seed=1, max_audio_length_ms=1600),
+    "long context": SpeechRequest("Tell me more.", context=(TURN_1, TURN_2), seed=2, max_audio_length_ms=1600),
+    "voice": SpeechRequest(
         "Thanks for calling.", context=(VOICE, TURN_1), prefix_segments=1, seed=3, max_audio_length_ms=1600
     ),
 }
-LIVE = SynthesisRequest("The one that is live", max_audio_length_ms=2400, seed=7)  # 30 frames
+LIVE = SpeechRequest("The one that is live", max_audio_length_ms=2400, seed=7)  # 30 frames
 LONG = REQUESTS["long context"]
 
 
-def run(engine, request: SynthesisRequest) -> Finished:
+def run(engine, request: SpeechRequest) -> Finished:
     events: queue.Queue = queue.Queue()
     engine.submit(request, events.put)
     while not isinstance(event := events.get(timeout=TIMEOUT), Finished):
@@ -100,7 +101,7 @@ def test_chunked_prefill_gives_the_codes_of_one_shot_prefill(chunk, one_shot_cod
         np.testing.assert_array_equal(done[name].codes, reference.codes, err_msg=f"{name}, chunk {chunk}")
 
 
-def _prompt_rows(request: SynthesisRequest) -> tuple[np.ndarray, np.ndarray]:
+def _prompt_rows(request: SpeechRequest) -> tuple[np.ndarray, np.ndarray]:
     prompt = assemble_prompt(ByteTokenizer(), request.context, request.text, request.speaker, 32)
     return prompt.tokens, prompt.mask
 
@@ -170,7 +171,7 @@ def _record_prefill(monkeypatch, engine, seed: int, then=None) -> list[tuple[int
     return calls
 
 
-SHORT = SynthesisRequest("Short", max_audio_length_ms=160, seed=11)  # 2 frames
+SHORT = SpeechRequest("Short", max_audio_length_ms=160, seed=11)  # 2 frames
 
 
 def test_a_long_prefill_beside_live_streams_changes_no_ones_codes(monkeypatch):

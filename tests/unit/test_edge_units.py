@@ -5,10 +5,14 @@ from __future__ import annotations
 import grpc
 import pytest
 
+from csm_service.api.errors import ApiError
+from csm_service.api.openapi import build_spec, render_docs
+from csm_service.api.speak import MULAW, WAV, parse_speak
 from csm_service.config import ServiceConfig
-from csm_service.edge.errors import ApiError, from_rpc_error
-from csm_service.edge.openapi import build_spec, render_docs
-from csm_service.edge.params import DEFAULT_MAX_AUDIO_MS, MULAW, WAV, parse_speak
+from csm_service.core.constants import DEFAULT_MAX_AUDIO_MS
+from csm_service.core.request import AudioEncoding
+from csm_service.edge.errors import from_speech_error
+from csm_service.rpc.convert_client import request_to_proto, speech_error_from_rpc
 from csm_service.rpc.gen.csm.v1 import tts_pb2 as pb
 
 
@@ -16,7 +20,7 @@ def test_seed_defaults():
     params = parse_speak({"text": "Hello, how are you?"}, 4000)
     assert params.speaker is None and params.max_audio_length_ms == DEFAULT_MAX_AUDIO_MS == 30000
     assert params.output_format is WAV and params.voice_profile_id == "default" and params.stream is False
-    msg = params.to_proto(pb.PCM16_24KHZ)
+    msg = request_to_proto(params.to_request(AudioEncoding.PCM16_24KHZ))
     assert msg.text == "Hello, how are you?" and msg.max_audio_length_ms == 30000 and msg.speaker == 0
     assert not msg.HasField("seed") and not msg.HasField("temperature") and not msg.HasField("top_k")
 
@@ -34,9 +38,9 @@ def test_extensions_reach_the_proto():
         4000,
     )
     assert params.output_format is MULAW and params.output_format.name == "mulaw_8khz"
-    msg = params.to_proto(params.output_format.encoding)
+    msg = request_to_proto(params.to_request(params.output_format.encoding))
     assert (msg.seed, msg.top_k, msg.temperature, msg.max_audio_length_ms) == (9, 1, 0.5, 800)
-    assert msg.encoding == pb.MULAW_8KHZ
+    assert msg.encoding == pb.AUDIO_ENCODING_MULAW_8KHZ
 
 
 @pytest.mark.parametrize(
@@ -80,7 +84,7 @@ class _RpcError(grpc.aio.AioRpcError):
     ],
 )
 def test_rpc_errors_map_to_client_errors(code, details, status, message):
-    err = from_rpc_error(_RpcError(code, details))
+    err = from_speech_error(speech_error_from_rpc(_RpcError(code, details)))
     assert (err.status, err.message) == (status, message)
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         assert err.retry_after_s == 1

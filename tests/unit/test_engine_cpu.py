@@ -11,16 +11,12 @@ import pytest
 import torch
 
 from csm_service.codec.mimi import MimiCodec
-from csm_service.config import SAMPLES_PER_FRAME, EngineConfig
+from csm_service.config import EngineConfig
+from csm_service.core.constants import SAMPLES_PER_FRAME
+from csm_service.core.errors import InvalidRequest, Overloaded
+from csm_service.core.events import Finished, PcmChunk
+from csm_service.core.request import Segment, SpeechRequest
 from csm_service.engine.build import build_engine
-from csm_service.engine.request import (
-    AudioChunk,
-    Finished,
-    InvalidRequest,
-    Overloaded,
-    Segment,
-    SynthesisRequest,
-)
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +28,7 @@ def engine():
     eng.stop()
 
 
-def run(engine, request: SynthesisRequest, timeout: float = 60.0):
+def run(engine, request: SpeechRequest, timeout: float = 60.0):
     events: queue.Queue = queue.Queue()
     engine.submit(request, events.put)
     chunks = []
@@ -44,7 +40,7 @@ def run(engine, request: SynthesisRequest, timeout: float = 60.0):
 
 
 def test_stream_chunks_and_lengths(engine):
-    chunks, done = run(engine, SynthesisRequest("Hello there", max_audio_length_ms=800, seed=1))
+    chunks, done = run(engine, SpeechRequest("Hello there", max_audio_length_ms=800, seed=1))
     assert done.reason == "max_length" and done.num_frames == 10
     # the first chunk after one frame; then none longer than the audio already sent, up to chunk_frames
     assert [c.num_frames for c in chunks] == [1, 1, 2, 2, 2, 2]
@@ -55,7 +51,7 @@ def test_stream_chunks_and_lengths(engine):
 
 
 def test_streamed_audio_equals_whole_sequence_decode(engine):
-    chunks, done = run(engine, SynthesisRequest("Stream me", max_audio_length_ms=640, seed=5))
+    chunks, done = run(engine, SpeechRequest("Stream me", max_audio_length_ms=640, seed=5))
     streamed = np.concatenate([c.pcm for c in chunks])
     reference_codec = MimiCodec(None, torch.device("cpu"), seed=0, tiny=True)  # same seeded random weights
     whole = reference_codec.decode_all(torch.from_numpy(done.codes)).numpy()
@@ -63,9 +59,9 @@ def test_streamed_audio_equals_whole_sequence_decode(engine):
 
 
 def test_same_seed_same_codes_and_different_seed_differs(engine):
-    _, a = run(engine, SynthesisRequest("Repeat", max_audio_length_ms=400, seed=42))
-    _, b = run(engine, SynthesisRequest("Repeat", max_audio_length_ms=400, seed=42))
-    _, c = run(engine, SynthesisRequest("Repeat", max_audio_length_ms=400, seed=43))
+    _, a = run(engine, SpeechRequest("Repeat", max_audio_length_ms=400, seed=42))
+    _, b = run(engine, SpeechRequest("Repeat", max_audio_length_ms=400, seed=42))
+    _, c = run(engine, SpeechRequest("Repeat", max_audio_length_ms=400, seed=43))
     assert np.array_equal(a.codes, b.codes)
     assert not np.array_equal(a.codes, c.codes)
     assert a.seed == 42
@@ -74,7 +70,7 @@ def test_same_seed_same_codes_and_different_seed_differs(engine):
 def test_batched_equals_alone(engine):
     """A request's codes depend only on its own seed: alone == with three neighbours."""
     alone = {}
-    requests = [SynthesisRequest(f"Caller number {i}", max_audio_length_ms=480, seed=100 + i) for i in range(4)]
+    requests = [SpeechRequest(f"Caller number {i}", max_audio_length_ms=480, seed=100 + i) for i in range(4)]
     for i, r in enumerate(requests):
         alone[i] = run(engine, r)[1].codes
     results: dict[int, Finished] = {}
@@ -94,8 +90,8 @@ def test_batched_equals_alone(engine):
 def test_context_segment_changes_output(engine):
     rng = np.random.default_rng(0)
     seg = Segment(1, "Earlier turn.", rng.integers(0, 2048, (32, 20)))
-    _, plain = run(engine, SynthesisRequest("Reply", max_audio_length_ms=240, seed=9))
-    _, with_ctx = run(engine, SynthesisRequest("Reply", max_audio_length_ms=240, seed=9, context=(seg,)))
+    _, plain = run(engine, SpeechRequest("Reply", max_audio_length_ms=240, seed=9))
+    _, with_ctx = run(engine, SpeechRequest("Reply", max_audio_length_ms=240, seed=9, context=(seg,)))
     assert not np.array_equal(plain.codes, with_ctx.codes)
 
 
@@ -109,18 +105,18 @@ def test_cancel_frees_slot(engine):
 
     def sink(event):
         events.put(event)
-        if isinstance(event, AudioChunk) and event.index == 0:
+        if isinstance(event, PcmChunk) and event.index == 0:
             cancelled.wait(timeout=60)  # the engine thread waits here until the test has cancelled
 
     before_cancelled, before_after = engine.stats.cancelled_running, engine.stats.frames_after_cancel
     free_before = engine.scheduler.num_free
-    handle = engine.submit(SynthesisRequest("Long one", max_audio_length_ms=60_000, seed=1), sink)
+    handle = engine.submit(SpeechRequest("Long one", max_audio_length_ms=60_000, seed=1), sink)
     first = events.get(timeout=30)
-    assert isinstance(first, AudioChunk) and first.num_frames == 1
+    assert isinstance(first, PcmChunk) and first.num_frames == 1
     handle.cancel()
     cancelled.set()
     while not isinstance(event := events.get(timeout=30), Finished):
-        assert isinstance(event, AudioChunk)
+        assert isinstance(event, PcmChunk)
     assert event.reason == "cancelled"
     assert handle.frames_at_cancel == 1  # the cancel came right after the first frame...
     assert event.num_frames <= handle.frames_at_cancel + 1  # ...and at most one frame followed it
@@ -128,7 +124,7 @@ def test_cancel_frees_slot(engine):
     assert engine.stats.frames_after_cancel - before_after == event.num_frames - handle.frames_at_cancel
     # The slot is free by the time the request's end is delivered, not some time later.
     assert engine.scheduler.num_free == free_before
-    _, done = run(engine, SynthesisRequest("Next", max_audio_length_ms=160, seed=1))
+    _, done = run(engine, SpeechRequest("Next", max_audio_length_ms=160, seed=1))
     assert done.reason == "max_length"
 
 
@@ -138,9 +134,9 @@ def test_queue_full_is_refused(engine):
     capacity = engine.cfg.max_batch + engine.cfg.max_queue
     try:
         for _ in range(capacity):
-            handles.append(engine.submit(SynthesisRequest("x", max_audio_length_ms=20_000, seed=1), finished.put))
+            handles.append(engine.submit(SpeechRequest("x", max_audio_length_ms=20_000, seed=1), finished.put))
         with pytest.raises(Overloaded, match="overloaded"):
-            engine.submit(SynthesisRequest("one too many", seed=1), finished.put)
+            engine.submit(SpeechRequest("one too many", seed=1), finished.put)
     finally:
         for h in handles:
             h.cancel()
@@ -149,7 +145,7 @@ def test_queue_full_is_refused(engine):
         if isinstance(event := finished.get(timeout=30), Finished):
             reasons.append(event.reason)
     assert reasons == ["cancelled"] * capacity
-    _, done = run(engine, SynthesisRequest("after", max_audio_length_ms=160, seed=1))
+    _, done = run(engine, SpeechRequest("after", max_audio_length_ms=160, seed=1))
     assert done.reason == "max_length"
 
 
@@ -174,16 +170,16 @@ def test_queue_full_is_refused(engine):
 )
 def test_bad_input_names_the_field(engine, request_kwargs, field):
     with pytest.raises(InvalidRequest) as err:
-        engine.submit(SynthesisRequest(**request_kwargs), lambda e: None)
+        engine.submit(SpeechRequest(**request_kwargs), lambda e: None)
     assert err.value.field == field
 
 
 def test_prompt_overflowing_positions_is_refused(engine):
     long_context = (Segment(0, "context", np.zeros((32, 2100), dtype=np.int64)),)
     with pytest.raises(InvalidRequest, match="no room"):
-        engine.submit(SynthesisRequest("hi", context=long_context), lambda e: None)
+        engine.submit(SpeechRequest("hi", context=long_context), lambda e: None)
     # the engine still serves
-    _, done = run(engine, SynthesisRequest("still alive", max_audio_length_ms=160, seed=1))
+    _, done = run(engine, SpeechRequest("still alive", max_audio_length_ms=160, seed=1))
     assert done.reason == "max_length"
 
 
@@ -198,10 +194,10 @@ def test_sixteen_concurrent_requests_on_tiny_random():
                 finished.put(event)
 
         for i in range(16):
-            engine.submit(SynthesisRequest(f"caller {i}", max_audio_length_ms=400, seed=200 + i), sink)
+            engine.submit(SpeechRequest(f"caller {i}", max_audio_length_ms=400, seed=200 + i), sink)
         results = [finished.get(timeout=120) for _ in range(16)]
         assert all(r.reason == "max_length" and r.num_frames == 5 for r in results)
-        _, alone = run(engine, SynthesisRequest("caller 9", max_audio_length_ms=400, seed=209))
+        _, alone = run(engine, SpeechRequest("caller 9", max_audio_length_ms=400, seed=209))
         by_seed = {r.seed: r for r in results}
         assert sorted(by_seed) == list(range(200, 216))
         assert np.array_equal(alone.codes, by_seed[209].codes)  # in a crowd of 16 as alone

@@ -17,13 +17,15 @@ import numpy as np
 import pytest
 import torch
 
-from csm_service.config import SAMPLES_PER_FRAME, EngineConfig
+from csm_service.config import EngineConfig
+from csm_service.core.constants import SAMPLES_PER_FRAME
+from csm_service.core.events import Finished, PcmChunk
+from csm_service.core.request import SpeechRequest
 from csm_service.engine.build import build_engine
-from csm_service.engine.request import AudioChunk, Finished, SynthesisRequest
 
 BOOM = 666  # the seed of the request a fault is aimed at
 TIMEOUT = 60.0  # a hang guard, not a timing threshold
-LIVE = SynthesisRequest("The one that is live", max_audio_length_ms=2400, seed=7)  # 30 frames
+LIVE = SpeechRequest("The one that is live", max_audio_length_ms=2400, seed=7)  # 30 frames
 
 
 @pytest.fixture
@@ -56,9 +58,9 @@ class Recorder:
 
         return put
 
-    def wait(self, *names: str) -> tuple[dict[str, list[AudioChunk]], dict[str, Finished], list[str]]:
+    def wait(self, *names: str) -> tuple[dict[str, list[PcmChunk]], dict[str, Finished], list[str]]:
         """Read events until every named request finished -> chunks, Finished, finishing order."""
-        chunks: dict[str, list[AudioChunk]] = {name: [] for name in names}
+        chunks: dict[str, list[PcmChunk]] = {name: [] for name in names}
         finished: dict[str, Finished] = {}
         order: list[str] = []
         while len(finished) < len(names):
@@ -71,7 +73,7 @@ class Recorder:
         return chunks, finished, order
 
 
-def run(engine, request: SynthesisRequest) -> tuple[list[AudioChunk], Finished]:
+def run(engine, request: SpeechRequest) -> tuple[list[PcmChunk], Finished]:
     recorder = Recorder()
     engine.submit(request, recorder.sink("r"))
     chunks, finished, _ = recorder.wait("r")
@@ -91,7 +93,7 @@ def fail_prefill(monkeypatch, engine, exc: Exception) -> None:
 
 
 def is_first_chunk(event: object) -> bool:
-    return isinstance(event, AudioChunk) and event.index == 0
+    return isinstance(event, PcmChunk) and event.index == 0
 
 
 def is_finished(event: object) -> bool:
@@ -103,7 +105,7 @@ def submit_when(
     rec: Recorder,
     when: Callable[[object], bool],
     name: str,
-    request: SynthesisRequest,
+    request: SpeechRequest,
     then: Callable[[object], None] | None = None,
 ) -> Callable[[object], None]:
     """A sink hook: on the event ``when`` picks, submit ``request`` as ``name`` (engine thread)."""
@@ -115,7 +117,7 @@ def submit_when(
     return hook
 
 
-def assert_complete(chunks: list[AudioChunk], done: Finished, frames: int) -> None:
+def assert_complete(chunks: list[PcmChunk], done: Finished, frames: int) -> None:
     assert done.reason == "max_length" and done.error is None and done.num_frames == frames
     assert [c.index for c in chunks] == list(range(len(chunks)))
     assert sum(c.num_frames for c in chunks) == frames
@@ -136,10 +138,10 @@ def test_failed_prefill_ends_only_that_request(make_engine, monkeypatch):
     fail_prefill(monkeypatch, engine, RuntimeError("boom: bad tensor\nsecond line"))
     rec = Recorder()
     # C goes in when B's Finished arrives, to take the slot B's failure freed.
-    c = SynthesisRequest("After the failure", max_audio_length_ms=240, seed=8)
+    c = SpeechRequest("After the failure", max_audio_length_ms=240, seed=8)
     submit_c = submit_when(engine, rec, is_finished, "c", c)
     # B goes in on A's first chunk, so it is admitted between A's frames with most of A to go.
-    b = SynthesisRequest("boom", max_audio_length_ms=800, seed=BOOM)
+    b = SpeechRequest("boom", max_audio_length_ms=800, seed=BOOM)
     engine.submit(LIVE, rec.sink("a", submit_when(engine, rec, is_first_chunk, "b", b, then=submit_c)))
     chunks, done, order = rec.wait("a", "b", "c")
 
@@ -158,7 +160,7 @@ def test_failed_step_ends_the_batch_frees_its_slots_and_serves_on(make_engine, m
     """A frame step raises once with two streams live: both end with "error", both slots are
     freed, and the next request gets exactly what it got before the failure."""
     engine = make_engine(max_batch=2)
-    after = SynthesisRequest("After the failure", max_audio_length_ms=480, seed=8)
+    after = SpeechRequest("After the failure", max_audio_length_ms=480, seed=8)
     ref_chunks, reference = run(engine, after)
     real_step, fired = engine.runner.step, threading.Event()
 
@@ -171,7 +173,7 @@ def test_failed_step_ends_the_batch_frees_its_slots_and_serves_on(make_engine, m
     monkeypatch.setattr(engine.runner, "step", step)
     rec = Recorder()
     engine.submit(LIVE, rec.sink("a"))
-    engine.submit(SynthesisRequest("The other live one", max_audio_length_ms=2400, seed=9), rec.sink("b"))
+    engine.submit(SpeechRequest("The other live one", max_audio_length_ms=2400, seed=9), rec.sink("b"))
     _, done, _ = rec.wait("a", "b")
 
     assert fired.is_set()
@@ -193,8 +195,8 @@ def test_failed_prefill_with_one_slot_does_not_lose_it(make_engine, monkeypatch)
     engine = make_engine(max_batch=1, max_queue=1)
     fail_prefill(monkeypatch, engine, torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
     rec = Recorder()
-    engine.submit(SynthesisRequest("boom", max_audio_length_ms=800, seed=BOOM), rec.sink("b"))
-    engine.submit(SynthesisRequest("Queued behind it", max_audio_length_ms=320, seed=8), rec.sink("c"))
+    engine.submit(SpeechRequest("boom", max_audio_length_ms=800, seed=BOOM), rec.sink("b"))
+    engine.submit(SpeechRequest("Queued behind it", max_audio_length_ms=320, seed=8), rec.sink("c"))
     chunks, done, order = rec.wait("b", "c")
 
     assert order == ["b", "c"]
@@ -216,7 +218,7 @@ def test_failure_pinned_to_one_slot_ends_only_that_one(make_engine, monkeypatch)
 
     monkeypatch.setattr(engine, "_emit_chunk", emit_chunk)
     rec = Recorder()
-    b = SynthesisRequest("boom", max_audio_length_ms=800, seed=BOOM)
+    b = SpeechRequest("boom", max_audio_length_ms=800, seed=BOOM)
     engine.submit(LIVE, rec.sink("a", submit_when(engine, rec, is_first_chunk, "b", b)))  # B beside A
     chunks, done, order = rec.wait("a", "b")
 
@@ -236,8 +238,8 @@ def test_sink_that_raises_frees_its_slot(make_engine):
     def broken(event: object) -> None:
         raise RuntimeError("client went away")
 
-    engine.submit(SynthesisRequest("Broken sink", max_audio_length_ms=2400, seed=1), rec.sink("b", broken))
-    engine.submit(SynthesisRequest("Next", max_audio_length_ms=240, seed=2), rec.sink("c"))
+    engine.submit(SpeechRequest("Broken sink", max_audio_length_ms=2400, seed=1), rec.sink("b", broken))
+    engine.submit(SpeechRequest("Next", max_audio_length_ms=240, seed=2), rec.sink("c"))
     chunks, done, order = rec.wait("b", "c")
 
     assert order == ["b", "c"]

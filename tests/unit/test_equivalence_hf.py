@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from csm_service.config import TINY
+from csm_service.core.request import Segment
 from csm_service.engine.prompt import build_prompt
-from csm_service.engine.request import Segment
 from csm_service.engine.runner import ModelRunner
 from csm_service.model.loader import ModelFiles, load_checkpoint
 from csm_service.model.tokenizer import ByteTokenizer

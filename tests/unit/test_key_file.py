@@ -8,10 +8,11 @@ import sqlite3
 import numpy as np
 import pytest
 
-from csm_service.auth import KeyChecker, grpc_metadata
+from csm_service.auth import KeyChecker
 from csm_service.cli import main as cli_main
 from csm_service.config import api_key_entries, api_keys, build_config
-from csm_service.edge.rate_limit import InflightLimiter
+from csm_service.limits import InflightLimiter
+from csm_service.rpc.auth import grpc_metadata
 from csm_service.rpc.server import caller_limits
 from csm_service.tenants import (
     INTERNAL,

@@ -10,6 +10,8 @@ import pytest
 import torch
 
 from csm_service.config import CSM_1B, TINY, EngineConfig
+from csm_service.core.events import Finished
+from csm_service.core.request import SpeechRequest
 from csm_service.engine import engine as engine_module
 from csm_service.engine.buckets import backbone_kv_bytes_per_position, graph_lengths, step_weight_bytes
 from csm_service.engine.build import build_engine
@@ -21,7 +23,6 @@ from csm_service.engine.memory import (
     read_meminfo,
     weight_bytes,
 )
-from csm_service.engine.request import Finished, SynthesisRequest
 from csm_service.engine.runner import ModelRunner
 from csm_service.model.loader import build_tiny_random
 
@@ -176,7 +177,7 @@ def test_engine_sizes_its_slots_after_warm_up(monkeypatch):
         assert engine.codec._stream_rows == expected and engine._decode_codes.shape[0] == expected
         assert engine.describe()["max_batch"] == expected
         events: queue.Queue = queue.Queue()
-        engine.submit(SynthesisRequest("Sized", max_audio_length_ms=240, seed=1), events.put)
+        engine.submit(SpeechRequest("Sized", max_audio_length_ms=240, seed=1), events.put)
         while not isinstance(done := events.get(timeout=60), Finished):
             pass
         assert done.reason == "max_length" and done.num_frames == 3

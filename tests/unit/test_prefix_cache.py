@@ -10,16 +10,17 @@ import pytest
 import torch
 
 from csm_service.config import EngineConfig
+from csm_service.core.events import Finished
+from csm_service.core.request import Segment, SpeechRequest
 from csm_service.engine.build import build_engine
 from csm_service.engine.prefix_cache import PrefixCache, kv_bytes, prefix_key
 from csm_service.engine.prompt import assemble_prompt
-from csm_service.engine.request import Finished, Segment, SynthesisRequest
 from csm_service.model.tokenizer import ByteTokenizer
 
 VOICE = Segment(0, "This is what my voice sounds like on a call.", np.random.default_rng(3).integers(0, 2048, (32, 40)))
 
 
-def run(engine, request: SynthesisRequest) -> Finished:
+def run(engine, request: SpeechRequest) -> Finished:
     events: queue.Queue = queue.Queue()
     engine.submit(request, events.put)
     while not isinstance(event := events.get(timeout=60), Finished):
@@ -27,8 +28,8 @@ def run(engine, request: SynthesisRequest) -> Finished:
     return event
 
 
-def request(text: str = "Thanks for calling.", seed: int = 7) -> SynthesisRequest:
-    return SynthesisRequest(text, context=(VOICE,), prefix_segments=1, seed=seed, max_audio_length_ms=640)
+def request(text: str = "Thanks for calling.", seed: int = 7) -> SpeechRequest:
+    return SpeechRequest(text, context=(VOICE,), prefix_segments=1, seed=seed, max_audio_length_ms=640)
 
 
 @pytest.fixture(scope="module")

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from csm_service.edge.errors import RATE_LIMITED, ApiError
-from csm_service.edge.params import parse_speak
-from csm_service.edge.rate_limit import RateLimiter, client_id, retry_after_header
+from csm_service.api.errors import ApiError
+from csm_service.api.speak import parse_speak
+from csm_service.core.errors import RATE_LIMITED
+from csm_service.limits import RateLimiter, client_id, retry_after_header
 from tests.fake_clock import FakeClock
 
 

@@ -14,8 +14,8 @@ import pytest
 
 import csm_service.serverless as serverless
 from csm_service.config import EngineConfig, build_config
+from csm_service.core.errors import EngineUnavailable
 from csm_service.engine.build import build_engine
-from csm_service.engine.request import EngineUnavailable
 from csm_service.serverless import (
     BadInput,
     handler_one_result,

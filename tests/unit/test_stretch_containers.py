@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import soundfile
 
-from csm_service.audio.containers import FILE_FORMATS, encode_file, streaming_wav_header
+from csm_service.audio.containers import encode_file, streaming_wav_header
 from csm_service.audio.stretch import TimeStretch
+from csm_service.core.formats import FILE_FORMATS
 
 RATE = 24_000
 
