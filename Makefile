@@ -36,6 +36,8 @@ test-gpu: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check csm_service tests scripts runpod
 	$(VENV)/bin/ruff format --check csm_service tests scripts runpod
+	$(VENV)/bin/buf lint protos
+	$(VENV)/bin/lint-imports
 
 format: $(STAMP)
 	$(VENV)/bin/ruff check --fix csm_service tests scripts runpod
