@@ -23,7 +23,8 @@ from csm_service.api.base import REF_TEMPLATE, OpenApiSchema
 from csm_service.api.openai import speech_request
 from csm_service.api.routes import NATIVE_WS_PREFIX, REPLY_MODELS, ROUTES, Reply, Route
 from csm_service.api.speak import synthesize_request
-from csm_service.api.twilio import TwilioInbound, TwilioOutbound, say_request
+from csm_service.api.twilio import say_request
+from csm_service.api.twilio_stream import TwilioInbound, TwilioOutbound
 from csm_service.api.voices import VoiceUpload
 from csm_service.api.websocket import WsClientMessage, WsServerMessage
 from csm_service.core.constants import DEFAULT_VOICE, ENGINE_MAX_AUDIO_MS

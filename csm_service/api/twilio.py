@@ -1,147 +1,18 @@
-"""Twilio: the TwilioMedia Streams messages (twilio.com/docs/voice/media-streams/websocket-messages)
-and the call control API's bodies (``/v1/calls``).
-
-In, from Twilio: ``connected``, ``start``, ``media``, ``dtmf``, ``mark``, ``stop``; each event's
-own object is checked when the call reads it (:mod:`csm_service.edge.twilio.protocol`). Out:
-``media``, ``mark`` and ``clear``.
+"""Twilio: the call control API's bodies (``/v1/calls``) and the media stream route's description.
+The Media Streams messages themselves are :mod:`.twilio_stream`'s.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 from functools import lru_cache
-from typing import Annotated, Any, Literal
+from typing import Annotated
 
-from pydantic import BeforeValidator, Field, RootModel, create_model
+from pydantic import Field, create_model
 
-from csm_service.api.base import NonBlank, OneOf, ReplyModel, RequestModel, Says, copy_fields, invalid
+from csm_service.api.base import NonBlank, ReplyModel, RequestModel, Says, copy_fields
 from csm_service.api.speak import synthesize_request
+from csm_service.api.twilio_stream import CALL_DEFAULTS
 from csm_service.core.constants import DEFAULT_VOICE, ENGINE_MAX_AUDIO_MS
-
-INBOUND_EVENTS = ("connected", "start", "media", "dtmf", "mark", "stop")
-MAX_STREAM_SID_CHARS = 64
-# <Parameter> names (start.customParameters) that set defaults for every utterance of the call.
-CALL_DEFAULTS = ("voice", "speaker", "seed", "temperature", "top_k", "max_audio_length_ms", "raw_text")
-
-
-def _section(name: str, type_error: str | None = None) -> Says:
-    """A missing or non-object event object, and its field's wrong type."""
-    missing = f"missing object {name!r}"
-    return Says({"missing": missing, "object": missing, **({"type": type_error} if type_error else {})})
-
-
-def _base64(payload: object) -> object:
-    if not isinstance(payload, str):
-        return payload  # the type check names it
-    try:
-        return base64.b64decode(payload, validate=True)
-    except (binascii.Error, ValueError):
-        raise invalid("payload is not valid base64") from None
-
-
-class TwilioEvent(RequestModel):
-    """Any message from Twilio: its ``event`` is one of INBOUND_EVENTS."""
-
-    event: Annotated[str, OneOf(INBOUND_EVENTS)]
-    streamSid: Any = None  # Twilio spells its fields so
-
-
-class MediaPayload(RequestModel):
-    payload: Annotated[bytes, BeforeValidator(_base64), Field(description="base64 mu-law 8 kHz, 20 ms")]
-
-
-class TwilioMedia(TwilioEvent):
-    event: Literal["media"]
-    media: Annotated[MediaPayload, _section("media", "payload must be a base64 string")]
-
-
-class DtmfKey(RequestModel):
-    digit: str
-
-
-class TwilioDtmf(TwilioEvent):
-    event: Literal["dtmf"]
-    dtmf: Annotated[DtmfKey, _section("dtmf", "digit must be a string")]
-
-
-class MarkName(RequestModel):
-    name: Any = Field(None, description="The name of a mark we sent (anything else is ignored)")
-
-
-class TwilioMark(TwilioEvent):
-    """A mark we sent, echoed once the audio before it has played (or was cleared)."""
-
-    event: Literal["mark"]
-    mark: Annotated[MarkName, _section("mark")]
-
-
-class StartInfo(RequestModel):
-    """What the call is: its ids and the TwiML ``<Parameter>`` elements (any values are taken)."""
-
-    streamSid: Any = None
-    callSid: Any = None
-    accountSid: Any = None
-    customParameters: Any = Field(None, description=f"greeting, barge_in, api_key, and {', '.join(CALL_DEFAULTS)}")
-    mediaFormat: Any = None
-
-
-class TwilioStart(TwilioEvent):
-    event: Literal["start"]
-    start: Annotated[StartInfo, _section("start")]
-
-    def stream_sid(self) -> object:
-        """The start object's streamSid, else the message's (unchecked)."""
-        return self.start.streamSid or self.streamSid
-
-
-class TwilioConnected(TwilioEvent):
-    event: Literal["connected"]
-
-
-class TwilioStop(TwilioEvent):
-    event: Literal["stop"]
-
-
-class TwilioInbound(RootModel[Any]):
-    root: Annotated[
-        TwilioConnected | TwilioStart | TwilioMedia | TwilioDtmf | TwilioMark | TwilioStop, Field(discriminator="event")
-    ]
-
-
-class MediaOut(ReplyModel):
-    payload: str
-
-
-class TwilioSendMedia(ReplyModel):
-    """20 ms of mu-law 8 kHz, paced in real time a little ahead of the playhead."""
-
-    event: Literal["media"] = "media"
-    streamSid: str
-    media: MediaOut
-
-
-class MarkOut(ReplyModel):
-    name: str
-
-
-class TwilioSendMark(ReplyModel):
-    """After each utterance; Twilio echoes it once played."""
-
-    event: Literal["mark"] = "mark"
-    streamSid: str
-    mark: MarkOut
-
-
-class TwilioSendClear(ReplyModel):
-    """Barge-in: Twilio drops the audio it holds."""
-
-    event: Literal["clear"] = "clear"
-    streamSid: str
-
-
-class TwilioOutbound(RootModel[Any]):
-    root: Annotated[TwilioSendMedia | TwilioSendMark | TwilioSendClear, Field(discriminator="event")]
 
 
 class SayControl(RequestModel):

@@ -12,6 +12,7 @@ from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import PydanticCustomError, core_schema
 
 from csm_service.api.base import NonBlank, ReplyModel, RequestModel, Says, optional
+from csm_service.api.errors import ApiError
 from csm_service.core.constants import MAX_SPEAKER, NUM_CODEBOOKS
 from csm_service.core.errors import INVALID_MESSAGE_FORMAT
 
@@ -106,3 +107,29 @@ class Voice(ReplyModel):
 class VoiceList(ReplyModel):
     voices: list[Voice]
     next_cursor: str | None = Field(description="Pass as cursor for the next page; null on the last page")
+
+
+def page_size(raw: list[str]) -> int:
+    """``limit`` (each value it was given in the query): profiles per page, DEFAULT_PAGE if absent."""
+    if not raw:
+        return DEFAULT_PAGE
+    if len(raw) > 1 or not raw[0].isascii() or not raw[0].isdigit() or not 1 <= int(raw[0]) <= MAX_PAGE:
+        raise ApiError(400, INVALID_MESSAGE_FORMAT, f"limit: an integer from 1 to {MAX_PAGE}, once", "limit")
+    return int(raw[0])
+
+
+def encode_cursor(created_at: float, voice_id: str) -> str:
+    """Where the next page starts: after the profile ``(created_at, voice_id)``. Clients treat it
+    as opaque; any string of CURSOR's form is a valid place to start (keyset pagination)."""
+    created = repr(created_at)
+    return f"{created if 'e' not in created else f'{created_at:.6f}'}-{voice_id}"
+
+
+def decode_cursor(raw: list[str]) -> tuple[float, str] | None:
+    """``cursor`` (each value it was given in the query): the ``next_cursor`` of the previous page."""
+    if not raw:
+        return None
+    if len(raw) > 1 or not CURSOR.fullmatch(raw[0]):
+        raise ApiError(400, INVALID_MESSAGE_FORMAT, "cursor: pass the next_cursor of the previous page", "cursor")
+    created_at, voice_id = raw[0].split("-", 1)
+    return float(created_at), voice_id

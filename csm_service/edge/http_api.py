@@ -12,11 +12,11 @@ from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from csm_service import __version__
+from csm_service.api import safe_json
 from csm_service.api.errors import ApiError
 from csm_service.api.speak import parse_speak
 from csm_service.audio.wav import wav_bytes
 from csm_service.core.errors import INVALID_MESSAGE_FORMAT
-from csm_service.edge import safe_json
 from csm_service.edge.access import has_valid_key
 from csm_service.edge.admission import admit, hold_request_utterance, request_principal
 from csm_service.edge.errors import LOADING_RETRY_S

@@ -27,22 +27,18 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-import numpy as np
 from aiohttp import web
 
 from csm_service.api.errors import ApiError
 from csm_service.api.openai import EXTENSION_FIELDS, MODEL_ID, OPENAI_VOICES, OpenAISpeech
 from csm_service.api.speak import SpeakParams, parse_speak
 from csm_service.api.validation import validate
-from csm_service.audio.containers import encode_file, streaming_wav_header
-from csm_service.audio.encoder import ALAW_8K, MULAW_8K, StreamEncoder
-from csm_service.audio.stretch import TimeStretch
-from csm_service.audio.wav import float_to_pcm16
+from csm_service.audio.containers import streaming_wav_header
+from csm_service.audio.response import SpeechAudio
 from csm_service.core.constants import DEFAULT_VOICE, FRAME_MS
 from csm_service.core.errors import INVALID_MESSAGE_FORMAT, SYNTHESIS_FAILED
 from csm_service.core.events import SpeechChunk
 from csm_service.core.formats import FILE_FORMATS, FileFormat
-from csm_service.core.request import AudioEncoding
 from csm_service.edge.admission import admit, hold_request_utterance, request_principal
 from csm_service.edge.http_api import read_json
 from csm_service.edge.speech import Spoken, speak, synthesis_request
@@ -120,29 +116,6 @@ async def parse_speech(body: object, state: EdgeState, principal: Principal) -> 
         raise ApiError(400, err.message, err.detail, err.field) from None
     file_format = FILE_FORMATS[speech.response_format]  # type: ignore[index]
     return SpeechRequest(params, file_format, float(speech.speed), speech.stream_format == "sse")  # type: ignore[arg-type]
-
-
-class SpeechAudio:
-    """Engine chunks -> the response's bytes: tempo change and re-encoding when asked for."""
-
-    def __init__(self, fmt: FileFormat, speed: float) -> None:
-        self.format = fmt
-        self.stretch = TimeStretch(speed) if speed != 1.0 else None
-        g711 = {"mulaw": MULAW_8K, "alaw": ALAW_8K}.get(fmt.g711 or "")
-        # Untouched audio comes from the engine already encoded; stretched audio is re-encoded here.
-        self.g711 = StreamEncoder(g711) if g711 is not None and self.stretch is not None else None
-        if fmt.g711 is None or self.stretch is not None:
-            self.engine_encoding = AudioEncoding.PCM16_24KHZ
-        else:
-            self.engine_encoding = AudioEncoding.MULAW_8KHZ if fmt.g711 == "mulaw" else AudioEncoding.ALAW_8KHZ
-        self.bytes_per_s = fmt.sample_rate * (1 if fmt.g711 else 2)
-
-    def convert(self, audio: bytes, last: bool) -> bytes:
-        if self.stretch is None:
-            return audio
-        pcm = np.frombuffer(audio, dtype="<i2").astype(np.float32) / 32768.0
-        out = self.stretch.process(pcm, last)
-        return self.g711.encode(out, last) if self.g711 is not None else float_to_pcm16(out).tobytes()
 
 
 def _sse(event: dict[str, object]) -> bytes:
@@ -237,8 +210,7 @@ async def _write_audio(
             break
         chunk = await anext(chunks)
     if held:
-        pcm16 = np.frombuffer(b"".join(held), dtype="<i2")
-        data = await asyncio.to_thread(encode_file, pcm16, speech.file_format)
+        data = await asyncio.to_thread(audio.file_bytes, held)
         await response.write(_sse_delta(data) if speech.sse else data)
 
 

@@ -1,8 +1,8 @@
 """One utterance as the edge asks for it: voice prefix, session context, and long text in pieces.
 
 Text longer than ``max_piece_chars`` is split at sentence boundaries (then at clause boundaries,
-then at spaces) into pieces generated one after another, each with the previous piece (its text
-and generated codes) as context so the prosody carries over. Their chunks come out as one stream:
+then at spaces; :mod:`csm_service.text.split`) into pieces generated one after another, each with
+the previous piece (its text and generated codes) as context so the prosody carries over. Their chunks come out as one stream:
 ``sequence`` keeps counting and only the last piece's final chunk is final. The request's
 ``max_audio_length_ms`` bounds the whole; each piece may use its share of what is left (by text
 length), so a piece that never reaches its end frame cannot starve the ones after it.
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import re
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -27,41 +26,8 @@ from csm_service.core.request import AudioEncoding, Segment, SpeechRequest
 from csm_service.core.service import EncodedPrompt, PromptAudio
 from csm_service.edge.backend import Backend
 from csm_service.edge.errors import from_speech_error
+from csm_service.text.split import split_text
 from csm_service.voices import Voice
-
-_SENTENCE_END = re.compile(r"(?<=[.!?…])[\"')\]]*\s+")
-_CLAUSE_END = re.compile(r"(?<=[,;:—–])\s+")
-
-
-def _pack(units: list[str], max_chars: int) -> list[str]:
-    """Greedily join consecutive units into pieces of at most max_chars."""
-    pieces: list[str] = []
-    for unit in units:
-        if pieces and len(pieces[-1]) + 1 + len(unit) <= max_chars:
-            pieces[-1] = f"{pieces[-1]} {unit}"
-        else:
-            pieces.append(unit)
-    return pieces
-
-
-def split_text(text: str, max_chars: int) -> list[str]:
-    """Pieces of at most ``max_chars``, cut at sentence ends where possible, never mid-word
-    (a single word longer than ``max_chars`` is cut)."""
-    text = " ".join(text.split())
-    if len(text) <= max_chars:
-        return [text]
-    units: list[str] = []
-    for sentence in _SENTENCE_END.split(text):
-        if len(sentence) <= max_chars:
-            units.append(sentence)
-            continue
-        for clause in _CLAUSE_END.split(sentence):
-            if len(clause) <= max_chars:
-                units.append(clause)
-                continue
-            for word in clause.split(" "):
-                units.extend(word[i : i + max_chars] for i in range(0, len(word), max_chars))
-    return _pack([u for u in units if u], max_chars)
 
 
 def synthesis_request(params: SpeakParams, encoding: AudioEncoding, voice: Voice | None) -> SpeechRequest:

@@ -18,7 +18,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from csm_service.api.errors import ApiError
 from csm_service.api.validation import validate
-from csm_service.api.voices import CURSOR, DEFAULT_PAGE, MAX_PAGE, VoiceUpload
+from csm_service.api.voices import VoiceUpload, decode_cursor, encode_cursor, page_size
 from csm_service.audio.decode import (
     MIN_VOICE_SECONDS,
     AudioLimits,
@@ -151,39 +151,12 @@ async def _check_room(state: EdgeState, owner: str | None) -> None:
         raise _limit_reached(state)
 
 
-def _page_size(request: web.Request) -> int:
-    raw = request.query.getall("limit", [])
-    if not raw:
-        return DEFAULT_PAGE
-    if len(raw) > 1 or not raw[0].isascii() or not raw[0].isdigit() or not 1 <= int(raw[0]) <= MAX_PAGE:
-        raise ApiError(400, INVALID_MESSAGE_FORMAT, f"limit: an integer from 1 to {MAX_PAGE}, once", "limit")
-    return int(raw[0])
-
-
-def _encode_cursor(voice: Voice) -> str:
-    """Where the next page starts: after this profile's ``(created_at, voice_id)``. Clients treat it
-    as opaque; any string of CURSOR's form is a valid place to start (keyset pagination)."""
-    created = repr(voice.created_at)
-    return f"{created if 'e' not in created else f'{voice.created_at:.6f}'}-{voice.voice_id}"
-
-
-def _decode_cursor(request: web.Request) -> tuple[float, str] | None:
-    """``cursor``: the ``next_cursor`` of the previous page."""
-    raw = request.query.getall("cursor", [])
-    if not raw:
-        return None
-    if len(raw) > 1 or not CURSOR.fullmatch(raw[0]):
-        raise ApiError(400, INVALID_MESSAGE_FORMAT, "cursor: pass the next_cursor of the previous page", "cursor")
-    created_at, voice_id = raw[0].split("-", 1)
-    return float(created_at), voice_id
-
-
 async def list_voices(request: web.Request) -> web.Response:
     """One page of the profiles the caller may see, oldest first: ``limit`` (default DEFAULT_PAGE,
     at most MAX_PAGE) and ``cursor`` (the previous page's ``next_cursor``; null on the last page).
     The first page starts with the built-in default, so a client that reads one page sees what it
     always saw while a tenant has no more than DEFAULT_PAGE profiles."""
-    limit, after = _page_size(request), _decode_cursor(request)
+    limit, after = page_size(request.query.getall("limit", [])), decode_cursor(request.query.getall("cursor", []))
     scope = request_principal(request).voice_scope
     voices = await asyncio.to_thread(request.app[STATE].voices.page, scope, limit + 1, after)
     more, voices = len(voices) > limit, voices[:limit]
@@ -191,7 +164,7 @@ async def list_voices(request: web.Request) -> web.Response:
     return web.json_response(
         {
             "voices": [*first, *(v.summary() for v in voices)],
-            "next_cursor": _encode_cursor(voices[-1]) if more else None,
+            "next_cursor": encode_cursor(voices[-1].created_at, voices[-1].voice_id) if more else None,
         }
     )
 

@@ -20,6 +20,7 @@ from collections import deque
 
 from aiohttp import WSMsgType, web
 
+from csm_service.api import safe_json
 from csm_service.api.errors import ApiError
 from csm_service.api.speak import parse_speak
 from csm_service.api.validation import validate
@@ -32,7 +33,6 @@ from csm_service.core.errors import (
     UNKNOWN_TYPE,
 )
 from csm_service.core.request import AudioEncoding
-from csm_service.edge import safe_json
 from csm_service.edge.admission import admit_client, hold_utterance
 from csm_service.edge.caller_turn import caller_turn
 from csm_service.edge.speech import synthesis_request

@@ -10,8 +10,8 @@ import aiohttp
 import numpy as np
 
 from csm_service.audio.g711 import pcm16_to_mulaw
-from csm_service.edge.speech import split_text
 from csm_service.model.tokenizer import ByteTokenizer
+from csm_service.text.split import split_text
 
 BUDGET = 120  # conftest LIMITS["session_context_positions"]
 PIECE_CHARS = 60  # conftest LIMITS["max_piece_chars"]

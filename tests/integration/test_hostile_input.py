@@ -385,7 +385,7 @@ async def test_public_detail_options(tmp_path, options, detail, metrics_open):
 
 def test_lone_surrogate_helpers_are_not_fooled():
     """Escaped backslashes and valid surrogate pairs are ordinary JSON."""
-    from csm_service.edge import safe_json
+    from csm_service.api import safe_json
 
     assert safe_json.loads('"\\\\ud800"') == "\\ud800"
     assert safe_json.loads('"\\ud83d\\ude00"') == "\U0001f600"

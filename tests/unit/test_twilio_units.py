@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from csm_service.edge.twilio import protocol
-from csm_service.edge.twilio.call import _typed
+from csm_service.api import twilio_stream as protocol
+from csm_service.api.twilio_stream import typed_value as _typed
 from csm_service.edge.twilio.pacer import FramePacer
 from tests.fake_clock import FakeClock
 

@@ -15,7 +15,6 @@ first frame after a ``clear`` is always the next utterance's.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import time
@@ -24,14 +23,14 @@ from collections import deque
 import numpy as np
 from aiohttp import web
 
+from csm_service.api import twilio_stream
 from csm_service.api.errors import ApiError
 from csm_service.api.speak import parse_speak
-from csm_service.api.twilio import CALL_DEFAULTS
+from csm_service.api.twilio_stream import CallParameters
 from csm_service.audio.g711 import mulaw_to_pcm16
 from csm_service.core.errors import TOO_MANY_IN_FLIGHT
 from csm_service.edge.admission import admit_client, hold_utterance
 from csm_service.edge.state import EdgeState
-from csm_service.edge.twilio import protocol
 from csm_service.edge.twilio.pacer import FramePacer
 from csm_service.edge.twilio.speaker import speak_queue
 from csm_service.edge.twilio.utterance import PLAYED, SENT, UNFINISHED, Utterance
@@ -41,19 +40,10 @@ from csm_service.tenants import OPEN, Principal
 
 log = logging.getLogger(__name__)
 
-BARGE_IN_MODES = ("dtmf", "speech")
 SPEECH_RMS = 600  # PCM16 RMS of a 20 ms inbound frame that counts as the caller speaking (about -35 dBFS)
 SPEECH_FRAMES = 3  # that many loud frames in a row (60 ms) barge in
 MAX_HISTORY = 200  # utterances kept for GET /v1/calls/{streamSid}
 MAX_DTMF = 256
-
-
-def _typed(value: str) -> object:
-    """A customParameters string -> int, float, bool or the string."""
-    for cast in (int, float):
-        with contextlib.suppress(ValueError):
-            return cast(value)
-    return {"true": True, "false": False}.get(value.lower(), value)
 
 
 class TwilioCall:
@@ -74,11 +64,8 @@ class TwilioCall:
         self.stream_sid: str = start["streamSid"]
         self.call_sid = str(start.get("callSid", ""))
         self.account_sid = str(start.get("accountSid", ""))
-        custom = start.get("customParameters") or {}
-        self.custom = {str(k): str(v) for k, v in custom.items()} if isinstance(custom, dict) else {}
-        self.defaults = {k: _typed(v) for k, v in self.custom.items() if k in CALL_DEFAULTS}
-        modes = {m.strip() for m in self.custom.get("barge_in", "").split(",") if m.strip()}
-        self.barge_in = tuple(m for m in BARGE_IN_MODES if m in modes)
+        parameters = CallParameters.of(start)
+        self.custom, self.defaults, self.barge_in = parameters.custom, parameters.defaults, parameters.barge_in
         self.pacer = FramePacer(state.cfg.twilio_lead_ms / 1000)
         self.epoch = 0  # bumped by every barge-in; frames of an older epoch are never sent
         self.queue: deque[Utterance] = deque()  # waiting to be generated
@@ -127,14 +114,14 @@ class TwilioCall:
                 continue
             if frame is None:  # the utterance's last frame went out: mark it
                 utterance.ends_at = self.pacer.play_end
-                if await self._send(protocol.mark_message(self.stream_sid, utterance.utterance_id), epoch):
+                if await self._send(twilio_stream.mark_message(self.stream_sid, utterance.utterance_id), epoch):
                     utterance.status = SENT
                     self.awaiting_echo[utterance.utterance_id] = utterance
                 continue
             delay = self.pacer.delay()
             if delay > 0:
                 await asyncio.sleep(delay)
-            if await self._send(protocol.media_message(self.stream_sid, frame), epoch):
+            if await self._send(twilio_stream.media_message(self.stream_sid, frame), epoch):
                 self.pacer.sent()
                 utterance.frames_sent += 1
                 utterance.first_frame_sent()
@@ -194,7 +181,7 @@ class TwilioCall:
             else:
                 continue
             cut.append(utterance)
-        await self._send(protocol.clear_message(self.stream_sid))
+        await self._send(twilio_stream.clear_message(self.stream_sid))
         self.state.metrics.barge_in.labels(trigger).observe(time.perf_counter() - began)
         log.info("call %s: barge-in (%s), cut %d utterance(s)", self.stream_sid, trigger, len(cut))
         return [u.utterance_id for u in cut]
@@ -220,11 +207,11 @@ class TwilioCall:
     async def on_event(self, message: dict) -> None:
         event = message["event"]
         if event == "media":
-            await self._on_media(protocol.media_payload(message))
+            await self._on_media(twilio_stream.media_payload(message))
         elif event == "mark":
-            self._on_mark(protocol.mark_name(message))
+            self._on_mark(twilio_stream.mark_name(message))
         elif event == "dtmf":
-            digit = protocol.dtmf_digit(message)
+            digit = twilio_stream.dtmf_digit(message)
             if len(self.dtmf) < MAX_DTMF:
                 self.dtmf.append(digit)
             if "dtmf" in self.barge_in and self.busy:
@@ -283,10 +270,10 @@ class TwilioCall:
 
     async def handle_text(self, data: str) -> None:
         try:
-            message = protocol.parse_event(data, self.state.cfg.max_json_depth)
+            message = twilio_stream.parse_event(data, self.state.cfg.max_json_depth)
             self.state.metrics.twilio_events.labels(message["event"]).inc()
             await self.on_event(message)
-        except protocol.ProtocolError as exc:
+        except twilio_stream.ProtocolError as exc:
             self.protocol_errors += 1
             self.state.metrics.twilio_events.labels("invalid").inc()
             log.warning("call %s: %s", self.stream_sid, exc)

@@ -19,6 +19,7 @@ import logging
 
 from aiohttp import WSMsgType, web
 
+from csm_service.api import twilio_stream
 from csm_service.api.errors import ApiError
 from csm_service.api.twilio import SayControl
 from csm_service.api.validation import validate
@@ -27,7 +28,6 @@ from csm_service.core.errors import TOO_MANY_SESSIONS
 from csm_service.edge.admission import admit, request_principal
 from csm_service.edge.http_api import read_json
 from csm_service.edge.state import STATE, EdgeState
-from csm_service.edge.twilio import protocol
 from csm_service.edge.twilio.call import TwilioCall
 from csm_service.edge.ws_gate import (
     POLICY_VIOLATION,
@@ -62,16 +62,16 @@ async def _await_start(ws: web.WebSocketResponse, state: EdgeState) -> tuple[dic
             await ws.close(code=POLICY_VIOLATION, message=b"too much data before the start event")
             break
         try:
-            message = protocol.parse_event(msg.data, state.cfg.max_json_depth)
+            message = twilio_stream.parse_event(msg.data, state.cfg.max_json_depth)
             state.metrics.twilio_events.labels(message["event"]).inc()
             if message["event"] != "start":
                 if message["event"] == "stop":
                     break
                 if message["event"] == "dtmf" and len(digits) < MAX_EARLY_DTMF:
-                    digits.append(protocol.dtmf_digit(message))  # recorded; never a barge-in
+                    digits.append(twilio_stream.dtmf_digit(message))  # recorded; never a barge-in
                 continue
-            return protocol.start_info(message), digits
-        except protocol.ProtocolError as exc:
+            return twilio_stream.start_info(message), digits
+        except twilio_stream.ProtocolError as exc:
             state.metrics.twilio_events.labels("invalid").inc()
             log.warning("media stream before start: %s", exc)
     return None, digits

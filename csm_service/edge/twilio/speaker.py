@@ -12,11 +12,11 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING
 
+from csm_service.api import twilio_stream
 from csm_service.api.errors import ApiError
 from csm_service.core.errors import MODEL_NOT_LOADED, SYNTHESIS_FAILED
 from csm_service.core.request import AudioEncoding
 from csm_service.edge.speech import Spoken, speak, synthesis_request
-from csm_service.edge.twilio import protocol
 from csm_service.edge.twilio.utterance import FAILED, SPEAKING, Utterance
 from csm_service.edge.ws_gate import TRY_AGAIN_LATER
 
@@ -61,7 +61,7 @@ async def generate(call: TwilioCall, utterance: Utterance, epoch: int) -> None:
         async with contextlib.aclosing(chunks) as stream:
             async for chunk in stream:
                 utterance.seed = spoken.seed
-                frames, rest = protocol.frames(rest + chunk.audio, pad_last=chunk.final)
+                frames, rest = twilio_stream.frames(rest + chunk.audio, pad_last=chunk.final)
                 for frame in frames:
                     call.outbound.put_nowait((epoch, frame, utterance))
                 if chunk.final:
