@@ -22,6 +22,10 @@ class OutputFormat:
     sample_rate: int
     bytes_per_sample: int
 
+    def duration_ms(self, num_bytes: int) -> int:
+        """How long ``num_bytes`` of this format last, in whole ms."""
+        return round(1000 * num_bytes / (self.sample_rate * self.bytes_per_sample))
+
 
 PCM16_24K = OutputFormat("pcm16_24khz", SAMPLE_RATE, 2)
 PCM16_8K = OutputFormat("pcm16_8khz", 8_000, 2)
@@ -52,4 +56,4 @@ class StreamEncoder:
         return pcm16.tobytes()
 
     def duration_ms(self, num_bytes: int) -> int:
-        return round(1000 * num_bytes / (self.format.sample_rate * self.format.bytes_per_sample))
+        return self.format.duration_ms(num_bytes)

@@ -45,16 +45,21 @@ class Float32Encoder(StreamEncoder):
         return np.ascontiguousarray(pcm, dtype="<f4").tobytes()
 
 
+def output_format(encoding: AudioEncoding) -> OutputFormat:
+    """``encoding``'s rate and sample width (an AudioEncoding's value is its OutputFormat's name)."""
+    return FLOAT32_24K if encoding is AudioEncoding.FLOAT32_24KHZ else FORMATS[encoding.value]
+
+
 def chunk_encoder(encoding: AudioEncoding) -> StreamEncoder:
     """A fresh per-utterance encoder: 24 kHz float32 [T] -> ``encoding``'s bytes."""
     if encoding is AudioEncoding.FLOAT32_24KHZ:
         return Float32Encoder()
-    return StreamEncoder(FORMATS[encoding.value])  # an AudioEncoding's value is its OutputFormat's name
+    return StreamEncoder(output_format(encoding))
 
 
 def audio_duration_ms(encoding: AudioEncoding, num_bytes: int) -> int:
     """How long ``num_bytes`` of ``encoding``'s audio last, in whole ms (a whole utterance's length)."""
-    return chunk_encoder(encoding).duration_ms(num_bytes)
+    return output_format(encoding).duration_ms(num_bytes)
 
 
 def _every_voice() -> str | None:
