@@ -7,6 +7,8 @@ the enum tables live in :mod:`csm_service.rpc.formats`.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from csm_service.core.constants import DEFAULT_MAX_AUDIO_MS, DEFAULT_TEMPERATURE, DEFAULT_TOP_K, NUM_CODEBOOKS
@@ -116,20 +118,8 @@ def response_to_proto(audio: bytes, duration_ms: float, final: SpeechChunk) -> p
 
 
 def info_to_proto(info: EngineInfo) -> pb.GetInfoResponse:
-    return pb.GetInfoResponse(
-        ready=info.ready,
-        state=info.state,
-        model=info.model,
-        device=info.device,
-        device_name=info.device_name,
-        dtype=info.dtype,
-        memory_total_bytes=info.memory_total_bytes,
-        memory_allocated_bytes=info.memory_allocated_bytes,
-        max_batch=info.max_batch,
-        active_streams=info.active_streams,
-        queue_depth=info.queue_depth,
-        version=info.version,
-    )
+    """EngineInfo's fields are GetInfoResponse's, name for name."""
+    return pb.GetInfoResponse(**dataclasses.asdict(info))
 
 
 def prompt_audio_from_proto(msg: pb.EncodePromptRequest) -> PromptAudio:

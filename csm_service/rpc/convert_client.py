@@ -3,6 +3,8 @@ status codes -> core chunks, info and errors (the engine's side is :mod:`csm_ser
 
 from __future__ import annotations
 
+import dataclasses
+
 import grpc
 
 from csm_service.core.constants import DEFAULT_TEMPERATURE, DEFAULT_TOP_K
@@ -88,20 +90,8 @@ def chunk_from_proto(chunk: pb.SynthesizeStreamResponse) -> SpeechChunk:
 
 
 def info_from_proto(info: pb.GetInfoResponse) -> EngineInfo:
-    return EngineInfo(
-        ready=info.ready,
-        state=info.state,
-        model=info.model,
-        device=info.device,
-        device_name=info.device_name,
-        dtype=info.dtype,
-        memory_total_bytes=info.memory_total_bytes,
-        memory_allocated_bytes=info.memory_allocated_bytes,
-        max_batch=info.max_batch,
-        active_streams=info.active_streams,
-        queue_depth=info.queue_depth,
-        version=info.version,
-    )
+    """GetInfoResponse's fields are EngineInfo's, name for name."""
+    return EngineInfo(**{f.name: getattr(info, f.name) for f in dataclasses.fields(EngineInfo)})
 
 
 def prompt_to_proto(prompt: PromptAudio) -> pb.EncodePromptRequest:
