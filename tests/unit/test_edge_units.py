@@ -133,3 +133,17 @@ def test_edge_options_from_environment_and_flags():
     assert cfg.engine_addresses == ("10.0.0.5:50051", "10.0.0.6:50051")
     assert cfg.port == 9000 and cfg.max_sessions == 7  # the flag wins over the environment
     assert build_config({"engine_addresses": "a:1, b:2"}, environ={}).engine_addresses == ("a:1", "b:2")
+
+
+def test_inputs_that_used_to_crash_the_parsers_are_422():
+    """A temperature too large for a float and a Unicode digit as a form speaker raised
+    OverflowError / ValueError (HTTP 500) in the hand-written parsers; the models answer 422."""
+    from csm_service.api.validation import validate
+    from csm_service.api.voices import VoiceUpload
+
+    with pytest.raises(ApiError) as err:
+        parse_speak({"text": "hi", "temperature": 10**400}, 4000)
+    assert err.value.status == 422 and err.value.field == "temperature"
+    with pytest.raises(ApiError) as err:
+        validate(VoiceUpload, {"transcript": "hi", "name": "n", "speaker": "²", "file": b"x"})
+    assert err.value.status == 422 and err.value.field == "speaker"
