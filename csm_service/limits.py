@@ -12,7 +12,6 @@ errs towards letting a request through).
 from __future__ import annotations
 
 import hashlib
-import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -129,8 +128,3 @@ def client_id(api_key: str | None, peer: str | None) -> str:
     if api_key:
         return "key:" + hashlib.sha256(api_key.encode("utf-8", "surrogatepass")).hexdigest()[:32]
     return "peer:" + (peer or "unknown")
-
-
-def retry_after_header(wait_s: float) -> int:
-    """Retry-After is whole seconds: round up, never 0."""
-    return max(1, math.ceil(wait_s))

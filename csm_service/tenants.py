@@ -57,6 +57,10 @@ class Principal:
         """Whether this principal may see (and use) what ``owner`` owns; None owns the shared things."""
         return self.sees_all or owner is None or owner == self.tenant
 
+    def inflight_cap(self, default: int) -> int:
+        """Its cap on utterances (or gRPC calls) in flight: the key file's, else ``default``."""
+        return default if self.max_inflight is None else self.max_inflight
+
 
 OPEN = Principal(tenant=None)  # keys off: everything is one tenant, as before tenants existed
 INTERNAL = Principal(tenant=None, admin=True)  # ``serve``'s own edge on its gRPC port

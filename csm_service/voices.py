@@ -235,6 +235,13 @@ class VoiceStore:
             ).fetchall()
         return [r[0] for r in rows]
 
+    def resolve_name(self, name: str, scope: str | None = None) -> list[str]:
+        """The profile with id ``name``, else those named ``name`` (at most 2), that ``scope`` may
+        see: two indexed queries."""
+        if self.get(name, scope) is not None:
+            return [name]
+        return self.find_by_name(name, scope, limit=2)
+
     def delete(self, voice_id: str, scope: str | None = None) -> bool:
         """Delete the profile if ``scope`` owns it (None: any, shared ones included)."""
         owner_clause, args = ("", ()) if scope is None else (" AND owner = ?", (scope,))

@@ -1,5 +1,6 @@
 """The wire formats clients speak: typed models (pydantic v2) of every HTTP, WebSocket, Twilio and
-OpenAI body and message, the error a client is answered with, and /openapi.json made from them.
+OpenAI body and message, the error a client is answered with (:mod:`.errors`: its bodies and headers,
+and the speech service's errors as one), and /openapi.json made from them.
 
 One description of each field, from which both the validation of requests and the spec are made,
 shared by the HTTP edge and the RunPod host (:mod:`csm_service.serverless`). This package imports

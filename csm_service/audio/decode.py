@@ -11,7 +11,8 @@ bounded by the limits, never by the file's claim: about ``max_seconds * max_rate
 samples (23 MB at 30 s and 192 kHz, twice that while they are joined) plus one block.
 
 Every route that takes audio files uses :func:`decode_audio` (or :func:`prompt_audio`): voice
-uploads, WebSocket ``context`` audio, ``csm-service say --voice FILE``.
+uploads, WebSocket ``context`` audio, ``csm-service say --voice FILE``. Raw mu-law or PCM16 (a
+WebSocket ``context`` in those formats) is bounded by its byte length instead (:func:`raw_audio`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import numpy as np
 import soundfile
 import soxr
 
+from csm_service.audio.g711 import mulaw_to_pcm16
 from csm_service.core.constants import MAX_PROMPT_RATE, MIN_PROMPT_RATE
 
 ACCEPTED = ("WAV", "FLAC", "OGG", "MP3")
@@ -31,6 +33,8 @@ SF_COUNT_MAX = 2**63 - 1  # libsndfile's frame count when a header does not say 
 BLOCK_FRAMES = 1 << 16  # frames read at once: at most 512 KiB of float32 with 2 channels
 MAX_CHANNELS, MAX_RATE_HZ = 2, 192_000  # ServiceConfig's defaults (max_audio_channels, max_audio_rate_hz)
 MIN_VOICE_SECONDS = 0.5  # a voice prompt (upload, say --voice): at least this much speech
+RAW_FORMATS = {"mulaw_8khz": (8_000, 1), "pcm16_8khz": (8_000, 2), "pcm16_24khz": (24_000, 2)}  # rate, width
+CONTAINER_MAGIC = {b"RIFF": "WAV", b"RIFX": "WAV", b"RF64": "RF64", b"fLaC": "FLAC", b"OggS": "OGG", b"ID3": "MP3"}
 
 
 class BadAudio(ValueError):
@@ -107,6 +111,21 @@ def prompt_audio(source: bytes | str | os.PathLike, limits: AudioLimits) -> tupl
     if rate > MAX_PROMPT_RATE:
         samples, rate = soxr.resample(samples, rate, MAX_PROMPT_RATE).astype(np.float32), MAX_PROMPT_RATE
     return samples, rate
+
+
+def raw_audio(data: bytes, fmt: str, limits: AudioLimits) -> tuple[np.ndarray, int]:
+    """Raw mu-law or PCM16 (``fmt``: one of RAW_FORMATS) -> (samples, rate), bounded by its byte
+    length before it is converted; UnacceptedFormat when it is a file, BadAudio past ``limits``."""
+    rate, width = RAW_FORMATS[fmt]
+    container = next((name for magic, name in CONTAINER_MAGIC.items() if data.startswith(magic)), None)
+    if container is not None:
+        raise UnacceptedFormat(container, (fmt,))
+    if len(data) > limits.max_frames(rate) * width:
+        raise BadAudio(f"{len(data) / width / rate:.1f} s of {fmt}; at most {limits.max_seconds:g} s")
+    if width == 2 and len(data) % 2:
+        raise BadAudio("PCM16 needs an even number of bytes")
+    pcm16 = mulaw_to_pcm16(data) if width == 1 else np.frombuffer(data, dtype="<i2")
+    return pcm16.astype(np.float32) / 32768.0, rate
 
 
 def _check_header(f: soundfile.SoundFile, limits: AudioLimits) -> None:

@@ -9,22 +9,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CollectorRegistry
 
 from csm_service.api.errors import ApiError
-from csm_service.auth import KeyChecker, bearer_token, warn_if_open
+from csm_service.auth import KeyChecker, warn_if_open
 from csm_service.config import ServiceConfig, api_key_entries
-from csm_service.core.errors import UNAUTHORIZED
-from csm_service.edge import access, http_api, openai_api, openapi, playground, voices_api
-from csm_service.edge.access import SELF_AUTH_PREFIXES
+from csm_service.edge import http_api, openai_api, openapi, playground, voices_api
+from csm_service.edge.access import Caller, Handler, request_key, require_key
 from csm_service.edge.connections import ConnectionLimits, GuardedAppRunner
 from csm_service.edge.state import STATE, EdgeState
 from csm_service.edge.twilio import routes as twilio_routes
-from csm_service.edge.ws_gate import GOING_AWAY, open_websocket
+from csm_service.edge.ws_gate import GOING_AWAY, joined, open_websocket
 from csm_service.edge.ws_session import WsSession
 from csm_service.limits import RateLimiter
 from csm_service.metrics import EdgeMetrics
@@ -37,21 +36,6 @@ log = logging.getLogger(__name__)
 MAX_SESSION_ID_CHARS = 256
 DRAIN_DEADLINE_DETAIL = "the server is shutting down: its call-drain deadline passed; reconnect to continue"
 FINAL_REPLY_WAIT_S = 5.0  # past the call-drain deadline: time for the final errors to be sent
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-@web.middleware
-async def require_key(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """With API keys configured, HTTP routes other than the open ones (:mod:`.access`) need
-    ``Authorization: Bearer``. The WebSocket routes check for themselves (SELF_AUTH_PREFIXES).
-    The 401 is counted by route template: a client's paths never become metric labels."""
-    state = request.app[STATE]
-    path = request.path
-    needs_key = not access.is_open(path, state.cfg.public_metrics) and not path.startswith(SELF_AUTH_PREFIXES)
-    if state.checker.enabled and needs_key and not access.has_valid_key(request):
-        state.metrics.requests.labels(access.route_label(request), "unauthorized").inc()
-        raise ApiError(401, UNAUTHORIZED, "send Authorization: Bearer <API key>")
-    return await handler(request)
 
 
 @web.middleware
@@ -81,9 +65,7 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
 
 
 def _api_error(request: web.Request, err: ApiError) -> web.Response:
-    if request.path.startswith(openai_api.OPENAI_PATHS):
-        return openai_api.openai_error(err)
-    return http_api.error_response(err)
+    return http_api.error_response(err, openai=request.path.startswith(openai_api.OPENAI_PATHS))
 
 
 async def websocket(request: web.Request) -> web.StreamResponse:
@@ -91,28 +73,15 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     session_id = request.match_info["session_id"]
     if len(session_id) > MAX_SESSION_ID_CHARS:
         raise ApiError(400, "Invalid session id", f"session_id: at most {MAX_SESSION_ID_CHARS} characters")
-    presented = bearer_token(request.headers.get("Authorization")) or request.query.get("api_key")
+    presented = request_key(request) or request.query.get("api_key")
     pending = state.checker.enabled and presented is None  # its key comes in the "auth" message
     ws, serve = await open_websocket(request, state, presented, "websocket", pending=pending)
     if not serve:
         return ws
-    session = WsSession(
-        ws,
-        session_id,
-        state,
-        authenticated=not pending,
-        api_key=presented if state.checker.enabled else None,
-        peer=request.remote,
-    )
-    if not pending:  # a pending one joins the sessions once authenticated (EdgeState.promote)
-        state.sessions.add(session)
-    state.metrics.sessions.inc()
-    try:
+    session = WsSession(ws, session_id, state, Caller.of(state, presented, request.remote), authenticated=not pending)
+    # A pending one joins the sessions once authenticated (EdgeState.promote).
+    with joined(state, ws, session, state.metrics.sessions, add=not pending):
         await session.run()
-    finally:
-        state.pending.pop(ws, None)
-        state.sessions.discard(session)
-        state.metrics.sessions.dec()
     return ws
 
 

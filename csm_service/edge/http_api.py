@@ -13,28 +13,24 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from csm_service import __version__
 from csm_service.api import safe_json
-from csm_service.api.errors import ApiError
+from csm_service.api.errors import LOADING_RETRY_S, ApiError
 from csm_service.api.speak import parse_speak
 from csm_service.audio.wav import wav_bytes
 from csm_service.core.errors import INVALID_MESSAGE_FORMAT
-from csm_service.edge.access import has_valid_key
-from csm_service.edge.admission import admit, hold_request_utterance, request_principal
-from csm_service.edge.errors import LOADING_RETRY_S
-from csm_service.edge.speech import Spoken, speak, synthesis_request
+from csm_service.core.service import EngineInfo
+from csm_service.edge.access import admit, has_valid_key, request_caller
+from csm_service.edge.backend import Backend
+from csm_service.edge.speech import Spoken, prepare, speak
 from csm_service.edge.state import STATE
-from csm_service.edge.voices_api import lookup_voice
-from csm_service.limits import retry_after_header
 
 log = logging.getLogger(__name__)
 RETRY_LATER = {"Retry-After": str(LOADING_RETRY_S)}  # every 503 says when to come back
 
 
-def error_response(err: ApiError) -> web.Response:
-    headers = {"Retry-After": str(retry_after_header(err.retry_after_s))} if err.retry_after_s else {}
-    if err.status == 401:
-        headers["WWW-Authenticate"] = "Bearer"
-    headers.update(err.headers)
-    return web.json_response(err.http_body(), status=err.status, headers=headers or None)
+def error_response(err: ApiError, openai: bool = False) -> web.Response:
+    """``err`` as JSON: the native body, or OpenAI's shape (whose 401 sends no WWW-Authenticate)."""
+    body, headers = (err.openai_body() if openai else err.http_body()), err.response_headers(not openai)
+    return web.json_response(body, status=err.status, headers=headers or None)
 
 
 def _health_detail(request: web.Request) -> bool:
@@ -44,6 +40,14 @@ def _health_detail(request: web.Request) -> bool:
     return not state.checker.enabled or state.cfg.public_health_detail or has_valid_key(request)
 
 
+def _status(draining: bool, info: EngineInfo | None, backend: Backend) -> str:
+    """What /health and /ping say: draining, healthy (a worker serves), unavailable (none serves
+    now, one has) or loading (none has served yet)."""
+    if draining:
+        return "draining"
+    return "healthy" if info is not None else ("unavailable" if backend.has_been_ready else "loading")
+
+
 async def health(request: web.Request) -> web.Response:
     """200 ``{"status": "healthy", "model_loaded": true, "device"}`` when a worker serves; else 503."""
     state = request.app[STATE]
@@ -51,13 +55,8 @@ async def health(request: web.Request) -> web.Response:
     info = await backend.info()
     if state.draining:
         info = None
-    body: dict[str, object] = {
-        "status": "draining"
-        if state.draining
-        else ("healthy" if info else ("unavailable" if backend.has_been_ready else "loading")),
-        "model_loaded": info is not None,
-        "device": backend.device,
-    }
+    status = _status(state.draining, info, backend)
+    body: dict[str, object] = {"status": status, "model_loaded": info is not None, "device": backend.device}
     detail = _health_detail(request)
     if detail:
         body.update(version=__version__, websocket_sessions=len(state.sessions))
@@ -81,14 +80,12 @@ async def health(request: web.Request) -> web.Response:
 async def ping(request: web.Request) -> web.Response:
     """RunPod's load-balancer convention: 200 ready, 204 still initializing, 503 unavailable."""
     state = request.app[STATE]
-    backend = state.backend
-    if state.draining:
-        return web.json_response({"status": "draining"}, status=503, headers=RETRY_LATER)
-    if await backend.info() is not None:
-        return web.json_response({"status": "healthy"})
-    if not backend.has_been_ready:
+    draining = state.draining  # a draining server does not ask its engines
+    status = _status(draining, None if draining else await state.backend.info(), state.backend)
+    if status == "loading":
         return web.Response(status=204)
-    return web.json_response({"status": "unavailable"}, status=503, headers=RETRY_LATER)
+    ok = status == "healthy"
+    return web.json_response({"status": status}, status=200 if ok else 503, headers=None if ok else RETRY_LATER)
 
 
 def unreadable_body(exc: Exception) -> ApiError:
@@ -145,11 +142,8 @@ async def _synthesize(request: web.Request, started: float) -> web.Response:
         admit(request)
         params = parse_speak(await read_json(request), state.cfg.max_text_chars, state.cfg.max_audio_length_ms)
         fmt = params.output_format
-        voice = lookup_voice(state, params.voice_profile_id, request_principal(request))
-        lease = hold_request_utterance(request)  # released when the utterance ends, however it ends
-        utterance = speak(
-            state.backend, synthesis_request(params, fmt.encoding, voice), state.cfg.max_piece_chars, spoken
-        )
+        engine_request, lease = prepare(state, request_caller(request), params, fmt.encoding)
+        utterance = speak(state.backend, engine_request, state.cfg.max_piece_chars, spoken)
         async with lease, contextlib.aclosing(utterance) as chunks:
             async for chunk in chunks:
                 parts.append(chunk.audio)

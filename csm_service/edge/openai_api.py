@@ -1,19 +1,9 @@
 """OpenAI-compatible speech: ``POST /v1/audio/speech``, ``GET /v1/audio/voices``, model lists.
 
-What the ``openai`` SDK, Open WebUI and other OpenAI-speaking clients send works unchanged:
-
-- ``model``: any name; every name is served by the one CSM model loaded (``tts-1`` included).
-- ``input`` (at most ``--max-text-chars``), ``voice``: ``default``, a voice profile's id or name,
-  ``{"id": ...}``, or one of OpenAI's stock names (alloy, echo, ...), which are the default voice.
-- ``response_format``: wav, pcm (s16le 24 kHz), flac, mp3, opus; and mulaw/alaw (8 kHz) as
-  extensions. aac is refused: no encoder here.
-- ``speed`` 0.25 to 4.0, applied by WSOLA time stretching (CSM has no rate control).
-- ``stream_format``: ``audio`` (the default; raw audio and WAV stream as generated) or ``sse``
-  (``speech.audio.delta`` events with base64 audio, then ``speech.audio.done`` with usage).
-- Extensions: ``seed``, ``temperature``, ``top_k``, ``speaker``, ``max_audio_length_ms``,
-  ``raw_text`` (the native API's meanings).
-
-Errors use OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``.
+What the ``openai`` SDK, Open WebUI and other OpenAI-speaking clients send works unchanged. The
+fields and their meanings: :mod:`csm_service.api.openai` and README "OpenAI-compatible speech";
+tempo and formats: :mod:`csm_service.audio.response`. Errors use OpenAI's shape
+(:meth:`~csm_service.api.errors.ApiError.openai_body`).
 """
 
 from __future__ import annotations
@@ -39,14 +29,11 @@ from csm_service.core.constants import DEFAULT_VOICE, FRAME_MS
 from csm_service.core.errors import INVALID_MESSAGE_FORMAT, SYNTHESIS_FAILED
 from csm_service.core.events import SpeechChunk
 from csm_service.core.formats import FILE_FORMATS, FileFormat
-from csm_service.edge.admission import admit, hold_request_utterance, request_principal
-from csm_service.edge.http_api import read_json
-from csm_service.edge.speech import Spoken, speak, synthesis_request
+from csm_service.edge.access import admit, request_caller, request_principal
+from csm_service.edge.http_api import error_response, read_json
+from csm_service.edge.speech import Spoken, prepare, speak
 from csm_service.edge.state import STATE, EdgeState
-from csm_service.edge.voices_api import lookup_voice
-from csm_service.limits import retry_after_header
 from csm_service.tenants import Principal
-from csm_service.voices import VoiceStore
 
 log = logging.getLogger(__name__)
 
@@ -54,19 +41,6 @@ OPENAI_PATHS = ("/v1/audio/", "/v1/models")
 MS_PER_CHAR, MIN_DEFAULT_MS = 150, 5_000  # default audio budget: ~2.5x a normal speaking rate
 MAX_LISTED_VOICES = 500  # GET /v1/audio/voices has no pagination in Open WebUI's shape
 LISTED_SINCE = int(time.time())  # "created" in the model list
-
-
-def openai_error(err: ApiError) -> web.Response:
-    """An ApiError in OpenAI's error shape (the SDK reads ``error.message``)."""
-    kind = "invalid_request_error" if err.status < 500 else "server_error"
-    if err.status == 401:
-        kind = "authentication_error"
-    elif err.status == 429:
-        kind = "rate_limit_error" if err.retry_after_s else "invalid_request_error"
-    body = {"error": {"message": str(err), "type": kind, "param": err.field, "code": err.outcome}}
-    headers = {"Retry-After": str(retry_after_header(err.retry_after_s))} if err.retry_after_s else {}
-    headers.update(err.headers)
-    return web.json_response(body, status=err.status, headers=headers or None)
 
 
 @dataclass(frozen=True)
@@ -77,20 +51,12 @@ class SpeechRequest:
     sse: bool
 
 
-def _stored_voice_ids(store: VoiceStore, name: str, scope: str | None) -> list[str]:
-    """The profile with id ``name``, else those named ``name`` (at most 2), that ``scope`` may see:
-    two indexed queries, run off the event loop."""
-    if store.get(name, scope) is not None:
-        return [name]
-    return store.find_by_name(name, scope, limit=2)
-
-
 async def _voice_id(state: EdgeState, name: str, principal: Principal) -> str:
     """OpenAI's ``voice`` (a name, checked by the model) -> a voice_profile_id: stock names and
     "default" are the default voice; else a profile's id or name among those the caller's tenant may use."""
     if name.lower() in (DEFAULT_VOICE, *OPENAI_VOICES):
         return DEFAULT_VOICE
-    matches = await asyncio.to_thread(_stored_voice_ids, state.voices, name, principal.voice_scope)
+    matches = await asyncio.to_thread(state.voices.resolve_name, name, principal.voice_scope)
     if len(matches) == 1:
         return matches[0]
     detail = f"several voice profiles are named {name[:80]!r}; use an id" if matches else "unknown voice"
@@ -135,22 +101,20 @@ async def _create_speech(request: web.Request, state: EdgeState) -> web.StreamRe
         admit(request)
         principal = request_principal(request)
         speech = await parse_speech(await read_json(request), state, principal)
-        voice = lookup_voice(state, speech.params.voice_profile_id, principal)
-        audio = SpeechAudio(speech.file_format, speech.speed)
-        engine_request = synthesis_request(speech.params, audio.engine_encoding, voice)
-        lease = hold_request_utterance(request)  # released when the utterance ends, however it ends
+        audio = SpeechAudio(speech.file_format, speech.speed)  # built from checked fields: it raises nothing
+        engine_request, lease = prepare(state, request_caller(request), speech.params, audio.engine_encoding)
     except ApiError as err:
         state.metrics.requests.labels("openai_speech", err.outcome).inc()
-        return openai_error(err)
+        return error_response(err, openai=True)
     utterance = speak(state.backend, engine_request, state.cfg.max_piece_chars, spoken)
     async with lease, contextlib.aclosing(utterance) as chunks:
         try:  # nothing is sent before the first chunk, so early failures are proper HTTP errors
             first = await anext(chunks)
         except ApiError as err:
             state.metrics.requests.labels("openai_speech", err.outcome).inc()
-            return openai_error(err)
+            return error_response(err, openai=True)
         except StopAsyncIteration:
-            return openai_error(ApiError(500, SYNTHESIS_FAILED, "the engine sent no audio"))
+            return error_response(ApiError(500, SYNTHESIS_FAILED, "the engine sent no audio"), openai=True)
         first_audio_s = time.perf_counter() - started
         state.metrics.ttfa.labels("openai_speech").observe(first_audio_s)
         response = web.StreamResponse(

@@ -6,26 +6,36 @@ the previous piece (its text and generated codes) as context so the prosody carr
 ``sequence`` keeps counting and only the last piece's final chunk is final. The request's
 ``max_audio_length_ms`` bounds the whole; each piece may use its share of what is left (by text
 length), so a piece that never reaches its end frame cannot starve the ones after it.
+
+:func:`prepare` looks up an utterance's voice and takes its place among the caller's utterances in
+flight synchronously, before it is queued, so a WebSocket refusal is answered at once, not in reply
+order (a Twilio ``say`` takes the same two steps apart, around its barge-in).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from csm_service.api.errors import ApiError, from_speech_error
 from csm_service.api.speak import SpeakParams
-from csm_service.core.constants import FRAME_MS, NUM_CODEBOOKS
-from csm_service.core.errors import SpeechError
+from csm_service.audio.decode import to_pcm16
+from csm_service.core.constants import DEFAULT_VOICE, FRAME_MS, NUM_CODEBOOKS
+from csm_service.core.errors import UNKNOWN_VOICE, SpeechError
 from csm_service.core.events import SpeechChunk, Timings
 from csm_service.core.request import AudioEncoding, Segment, SpeechRequest
-from csm_service.core.service import EncodedPrompt, PromptAudio
+from csm_service.core.service import PromptAudio
+from csm_service.edge.access import Caller, hold_utterance
 from csm_service.edge.backend import Backend
-from csm_service.edge.errors import from_speech_error
+from csm_service.edge.state import EdgeState
+from csm_service.limits import InflightLease
+from csm_service.tenants import Principal
 from csm_service.text.split import split_text
 from csm_service.voices import Voice
 
@@ -35,12 +45,39 @@ def synthesis_request(params: SpeakParams, encoding: AudioEncoding, voice: Voice
     return params.to_request(encoding, voice.context_segment() if voice is not None else None)
 
 
-async def encode_prompt(backend: Backend, prompt: PromptAudio) -> EncodedPrompt:
-    """Audio + transcript -> Mimi codes on an engine; raises ApiError."""
+def lookup_voice(state: EdgeState, voice_id: str, principal: Principal) -> Voice | None:
+    """The stored profile for ``voice_id`` (None for the built-in default) if ``principal`` may use
+    it; ApiError 422 if unknown, and the same for another tenant's profile."""
+    if voice_id == DEFAULT_VOICE:
+        return None
+    voice = state.voices.get(voice_id, principal.voice_scope)
+    if voice is None:  # in a synthesis request the id is a field value: 422, not 404
+        raise ApiError(422, UNKNOWN_VOICE, f"voice_profile_id: no voice profile {voice_id!r}", "voice_profile_id")
+    return voice
+
+
+def prepare(
+    state: EdgeState, caller: Caller, params: SpeakParams, encoding: AudioEncoding
+) -> tuple[SpeechRequest, InflightLease]:
+    """An utterance about to be queued: its voice (ApiError 422), then its place among the caller's
+    utterances in flight (ApiError 429), taken now, before any job runs. Release the lease when the
+    utterance ends, however it ends."""
+    voice = lookup_voice(state, params.voice_profile_id, caller.known())
+    lease = hold_utterance(state, caller)
+    return synthesis_request(params, encoding, voice), lease
+
+
+async def encode_prompt(
+    backend: Backend, text: str, speaker: int | None, decode: Callable[..., tuple[np.ndarray, int]], *args: object
+) -> tuple[Segment, float]:
+    """Audio + transcript -> Mimi codes on an engine: ``decode(*args)`` (-> samples, rate; ApiError
+    when unusable) runs in a thread first. -> the segment and the audio's length in ms; raises ApiError."""
+    samples, rate = await asyncio.to_thread(decode, *args)
     try:
-        return await backend.encode_prompt(prompt)
+        encoded = await backend.encode_prompt(PromptAudio(to_pcm16(samples), rate, text, speaker))
     except SpeechError as exc:
         raise from_speech_error(exc) from None
+    return encoded.segment, len(samples) / rate * 1000
 
 
 @dataclass

@@ -25,7 +25,7 @@ class EdgeState:
     metrics: EdgeMetrics
     checker: KeyChecker = field(default_factory=lambda: KeyChecker(()))
     limiter: RateLimiter = field(default_factory=lambda: RateLimiter(0.0, 1))
-    inflight: InflightLimiter = field(default_factory=lambda: InflightLimiter(0))  # admission.hold_utterance
+    inflight: InflightLimiter = field(default_factory=lambda: InflightLimiter(0))  # access.hold_utterance
     voices: VoiceStore | None = None  # type: ignore[assignment]
     sessions: set = field(default_factory=set)  # open WsSession and TwilioCall objects, authenticated
     # WebSockets not yet authenticated (ws_gate.admit_pending), oldest first: socket -> Event set when

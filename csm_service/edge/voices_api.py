@@ -1,4 +1,4 @@
-"""Voice profiles over HTTP (``/v1/voices``) and their use by synthesis requests.
+"""Voice profiles over HTTP (``/v1/voices``); a synthesis finds its own in :func:`.speech.prepare`.
 
 ``POST /v1/voices`` takes multipart form data: ``file`` (WAV, FLAC, OGG or MP3 at any rate),
 ``transcript`` (what it says), ``name``, and optionally ``speaker`` and ``description``
@@ -16,34 +16,21 @@ import numpy as np
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from csm_service.api.errors import ApiError
+from csm_service.api.errors import ApiError, audio_error, field_error
 from csm_service.api.validation import validate
 from csm_service.api.voices import VoiceUpload, decode_cursor, encode_cursor, page_size
-from csm_service.audio.decode import (
-    MIN_VOICE_SECONDS,
-    AudioLimits,
-    BadAudio,
-    prompt_audio,
-    to_pcm16,
-)
+from csm_service.audio.decode import MIN_VOICE_SECONDS, AudioLimits, BadAudio, prompt_audio
 from csm_service.core.constants import DEFAULT_VOICE
 from csm_service.core.errors import INVALID_MESSAGE_FORMAT, UNKNOWN_VOICE
-from csm_service.core.service import PromptAudio
-from csm_service.edge.admission import admit, request_principal
+from csm_service.edge.access import admit, request_principal
 from csm_service.edge.speech import encode_prompt
 from csm_service.edge.state import STATE, EdgeState
-from csm_service.tenants import Principal
-from csm_service.voices import BUILTIN_DEFAULT, Voice, VoiceLimitReached
+from csm_service.voices import BUILTIN_DEFAULT, VoiceLimitReached
 
-INVALID_AUDIO = "Invalid audio"
 MAX_FIELD_BYTES = 16 << 10  # a text form field (the audio: ServiceConfig.max_upload_bytes)
 AUDIO_PARTS = ("file", "audio")  # the recording's part; "audio" is an alias
 VOICE_LIMIT = "Voice limit reached"
 BOOLEAN_VALUES = ("true", "false", "1", "0")
-
-
-def _field_error(field: str, detail: str, status: int = 422) -> ApiError:
-    return ApiError(status, INVALID_MESSAGE_FORMAT, f"{field}: {detail}", field)
 
 
 async def _read_form(
@@ -72,7 +59,7 @@ async def _read_form(
                 continue
             name = "file" if part.name in AUDIO_PARTS else part.name
             if name in fields or (name == "file" and audio is not None):
-                raise _field_error(name[:40], "sent more than once")
+                raise field_error(name[:40], "sent more than once")
             data = await _read_part(part, name, max_upload_bytes if name == "file" else MAX_FIELD_BYTES)
             if name == "file":
                 audio = data
@@ -80,7 +67,7 @@ async def _read_form(
                 try:
                     fields[name] = data.decode("utf-8")
                 except UnicodeDecodeError:
-                    raise _field_error(name[:40], "must be UTF-8 text") from None
+                    raise field_error(name[:40], "must be UTF-8 text") from None
     except ApiError:
         raise
     except (ValueError, AssertionError, RuntimeError, HttpProcessingError) as exc:  # the parser's complaints
@@ -98,16 +85,12 @@ async def _read_part(part: BodyPartReader, name: str, limit: int) -> bytes:
     return bytes(data)
 
 
-def _audio_error(field: str, exc: BadAudio) -> ApiError:
-    return ApiError(422, INVALID_AUDIO, f"{field}: {exc}", field)
-
-
 def _prepare_audio(data: bytes, limits: AudioLimits) -> tuple[np.ndarray, int]:
     """The upload's samples, checked by its header first and decoded within ``limits`` (never whole)."""
     try:
         return prompt_audio(data, limits)
     except BadAudio as exc:
-        raise _audio_error("file", exc) from None
+        raise audio_error("file", exc) from None
 
 
 async def create_voice(request: web.Request) -> web.Response:
@@ -119,13 +102,10 @@ async def create_voice(request: web.Request) -> web.Response:
     form = validate(VoiceUpload, {**fields, "file": audio})  # the text fields in order, then the audio
     transcript, name, description, speaker = form.transcript, form.name, form.description, form.speaker
     limits = AudioLimits.from_config(state.cfg, min_seconds=MIN_VOICE_SECONDS)
-    samples, rate = await asyncio.to_thread(_prepare_audio, form.file, limits)
-    prompt = PromptAudio(to_pcm16(samples), rate, transcript, speaker)
-    codes = (await encode_prompt(state.backend, prompt)).segment.codes
-    duration_ms = len(samples) / rate * 1000
+    segment, duration_ms = await encode_prompt(state.backend, transcript, speaker, _prepare_audio, form.file, limits)
     try:  # the count is checked again in the insert's transaction: concurrent uploads cannot pass it
         voice = await asyncio.to_thread(
-            state.voices.create, name, transcript, codes, speaker, description, duration_ms, owner, _room(state)
+            state.voices.create, name, transcript, segment.codes, speaker, description, duration_ms, owner, _room(state)
         )
     except VoiceLimitReached:
         raise _limit_reached(state) from None
@@ -202,14 +182,3 @@ async def delete_voice(request: web.Request) -> web.Response:
             )
         raise _unknown(voice_id)  # another tenant's profile too: ids cannot be probed
     return web.Response(status=204)
-
-
-def lookup_voice(state: EdgeState, voice_id: str, principal: Principal) -> Voice | None:
-    """The stored profile for ``voice_id`` (None for the built-in default) if ``principal`` may use
-    it; ApiError 422 if unknown, and the same for another tenant's profile."""
-    if voice_id == DEFAULT_VOICE:
-        return None
-    voice = state.voices.get(voice_id, principal.voice_scope)
-    if voice is None:  # in a synthesis request the id is a field value: 422, not 404
-        raise ApiError(422, UNKNOWN_VOICE, f"voice_profile_id: no voice profile {voice_id!r}", "voice_profile_id")
-    return voice

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from aiohttp import web
+from prometheus_client import Gauge
 
 from csm_service.api.errors import ApiError
 from csm_service.core.errors import TOO_MANY_SESSIONS, UNAUTHORIZED
@@ -54,13 +55,38 @@ async def open_websocket(
         await ws.close(code=GOING_AWAY, message=b"server shutting down")
         return ws, False
     if len(state.sessions) >= state.cfg.max_sessions:
-        state.metrics.requests.labels(endpoint, "rejected").inc()
-        await ws.close(code=TRY_AGAIN_LATER, message=f"{TOO_MANY_SESSIONS} (at most {state.cfg.max_sessions})".encode())
+        await refuse_full(ws, state, endpoint)
         return ws, False
     if pending and not admit_pending(state, ws, endpoint):
         await ws.close(code=TRY_AGAIN_LATER, message=PUSHED_OUT)
         return ws, False
     return ws, True
+
+
+async def refuse_full(ws: web.WebSocketResponse, state: EdgeState, endpoint: str, message: bytes | None = None) -> None:
+    """No room for the socket among ``max_sessions``: counted as rejected, closed with 1013 and
+    ``message`` (by default, how many sessions there may be)."""
+    state.metrics.requests.labels(endpoint, "rejected").inc()
+    full = f"{TOO_MANY_SESSIONS} (at most {state.cfg.max_sessions})".encode()
+    await ws.close(code=TRY_AGAIN_LATER, message=message or full)
+
+
+@contextlib.contextmanager
+def joined(
+    state: EdgeState, ws: web.WebSocketResponse, session: object, gauge: Gauge, add: bool = True
+) -> Iterator[None]:
+    """``session`` is open while the block runs: one of ``state.sessions`` (unless not ``add``: a
+    socket still authenticating joins them in :meth:`EdgeState.promote`) and counted in ``gauge``.
+    However the block ends, it leaves the sessions, the unauthenticated budget and the count."""
+    if add:
+        state.sessions.add(session)
+    gauge.inc()
+    try:
+        yield
+    finally:
+        state.pending.pop(ws, None)
+        state.sessions.discard(session)
+        gauge.dec()
 
 
 def admit_pending(state: EdgeState, ws: web.WebSocketResponse, endpoint: str) -> bool:

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 
 from csm_service.api.errors import ApiError
 from csm_service.api.speak import SpeakParams
+from csm_service.api.websocket import WS_FORMAT
 from csm_service.core.errors import SYNTHESIS_FAILED
-from csm_service.core.events import SpeechChunk
 from csm_service.core.request import Segment, SpeechRequest
 from csm_service.edge.speech import Spoken, speak
 from csm_service.edge.state import EdgeState
@@ -26,7 +26,6 @@ from csm_service.metrics import EdgeMetrics
 
 log = logging.getLogger(__name__)
 
-WS_FORMAT = "mulaw_8khz"  # the seed: always G.711 mu-law at 8 kHz on the WebSocket
 MULAW_BYTES_PER_MS = 8
 
 
@@ -56,17 +55,16 @@ def _ms(num_bytes: int) -> int:
     return round(num_bytes / MULAW_BYTES_PER_MS)
 
 
-def _chunk_message(chunk: SpeechChunk, chunk_index: int, elapsed_ms: int, echo: dict) -> dict[str, object]:
-    """One streamed ``audio`` reply."""
+def _audio_message(audio: bytes, elapsed_ms: int, echo: dict, **streamed: object) -> dict[str, object]:
+    """An ``audio`` reply: the whole utterance, or one streamed chunk (``chunk_index``, ``final``)."""
     return {
         "type": "audio",
-        "audio_base64": base64.b64encode(chunk.audio).decode("ascii"),
-        "duration_ms": _ms(len(chunk.audio)),
+        "audio_base64": base64.b64encode(audio).decode("ascii"),
+        "duration_ms": _ms(len(audio)),
         "generation_time_ms": elapsed_ms,
         "format": WS_FORMAT,
         **echo,
-        "chunk_index": chunk_index,
-        "final": chunk.final,
+        **streamed,
     }
 
 
@@ -91,7 +89,9 @@ async def produce(job: Job, state: EdgeState, session_id: str) -> None:
                 elapsed_ms = round((time.perf_counter() - job.received_at) * 1000)
                 parts.append(chunk.audio)
                 if params.stream:
-                    job.replies.put_nowait(_chunk_message(chunk, chunk_index, elapsed_ms, echo))
+                    job.replies.put_nowait(
+                        _audio_message(chunk.audio, elapsed_ms, echo, chunk_index=chunk_index, final=chunk.final)
+                    )
                     chunk_index += 1
                     if job.first_audio_ms is None:
                         job.first_audio_ms = elapsed_ms
@@ -123,16 +123,7 @@ def _finish(
         metrics.rtf.labels(endpoint).observe(elapsed_s * 1000 / duration_ms)
     if not job.params.stream:
         metrics.ttfa.labels(endpoint).observe(elapsed_s)
-        job.replies.put_nowait(
-            {
-                "type": "audio",
-                "audio_base64": base64.b64encode(audio).decode("ascii"),
-                "duration_ms": duration_ms,
-                "generation_time_ms": round(elapsed_s * 1000),
-                "format": WS_FORMAT,
-                **echo,
-            }
-        )
+        job.replies.put_nowait(_audio_message(audio, round(elapsed_s * 1000), echo))
         return
     first = spoken.first_timings
     job.replies.put_nowait(

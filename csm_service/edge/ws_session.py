@@ -1,7 +1,6 @@
 """One WebSocket session on ``/v1/native/ws/{session_id}``: the seed's messages plus streaming.
 
-In: ``synthesize``, ``ping``, ``close`` (seed); ``cancel`` (extension). Out: ``audio``, ``pong``,
-``error`` (seed); ``done``, ``cancelled`` (extensions). Synthesize requests of one session run
+Its messages: :data:`csm_service.api.websocket.WEBSOCKET_DOC`. Synthesize requests of one session run
 concurrently on the engine (up to ``max_inflight_per_session``) but are answered strictly in the
 order they arrived: each job buffers its replies and one sender task forwards job after job.
 Nothing a client sends ends the session except ``close`` or closing the socket; disconnecting
@@ -29,25 +28,22 @@ from csm_service.core.errors import (
     INVALID_MESSAGE_FORMAT,
     MESSAGE_TOO_LARGE,
     TOO_MANY_IN_FLIGHT,
-    TOO_MANY_SESSIONS,
     UNKNOWN_TYPE,
 )
 from csm_service.core.request import AudioEncoding
-from csm_service.edge.admission import admit_client, hold_utterance
+from csm_service.edge.access import Caller, admit_client
 from csm_service.edge.caller_turn import caller_turn
-from csm_service.edge.speech import synthesis_request
+from csm_service.edge.speech import prepare
 from csm_service.edge.state import EdgeState
-from csm_service.edge.voices_api import lookup_voice
 from csm_service.edge.ws_gate import (
     NORMAL_CLOSURE,
     POLICY_VIOLATION,
     PUSHED_OUT,
-    TRY_AGAIN_LATER,
     close_unless_authenticated,
+    refuse_full,
     settle,
 )
 from csm_service.edge.ws_jobs import Job, Turn, produce
-from csm_service.limits import client_id
 
 log = logging.getLogger(__name__)
 
@@ -62,15 +58,12 @@ class WsSession:
         ws: web.WebSocketResponse,
         session_id: str,
         state: EdgeState,
+        caller: Caller,
         authenticated: bool = True,
-        api_key: str | None = None,
-        peer: str | None = None,
     ) -> None:
         self.ws = ws
         self.authenticated = authenticated
-        self.client = client_id(api_key, peer)  # the rate limiter's bucket
-        self.principal = state.checker.resolve(api_key)  # its tenant; None until an auth message names it
-        self.peer = peer
+        self.caller = caller  # its principal is None until an auth message names it
         self.last_activity = time.monotonic()  # last message in or last request answered
         self.session_id = session_id
         self.state = state
@@ -113,11 +106,8 @@ class WsSession:
                 if msg.type == WSMsgType.TEXT:
                     await self._on_text(msg.data)
                 elif msg.type == WSMsgType.BINARY:
-                    self._count("invalid")
-                    await self.send(
-                        ApiError(
-                            400, INVALID_MESSAGE_FORMAT, "binary frames are not accepted; send JSON text"
-                        ).ws_message()
+                    await self._refuse(
+                        ApiError(400, INVALID_MESSAGE_FORMAT, "binary frames are not accepted; send JSON text")
                     )
                 else:  # ERROR, CLOSE...
                     break
@@ -134,27 +124,24 @@ class WsSession:
     def _count(self, kind: str) -> None:
         self.state.metrics.ws_messages.labels(kind).inc()
 
+    async def _refuse(self, err: ApiError) -> None:
+        """A message that cannot be read: counted as invalid and answered with ``err``; the session lives."""
+        self._count("invalid")
+        await self.send(err.ws_message())
+
     async def _on_text(self, data: str) -> None:
-        if len(data.encode("utf-8", "surrogatepass")) > self.cfg.max_ws_message_bytes:
-            self._count("invalid")
-            await self.send(
-                ApiError(
-                    413, MESSAGE_TOO_LARGE, f"messages are limited to {self.cfg.max_ws_message_bytes} bytes"
-                ).ws_message()
-            )
+        limit = self.cfg.max_ws_message_bytes
+        if len(data.encode("utf-8", "surrogatepass")) > limit:
+            await self._refuse(ApiError(413, MESSAGE_TOO_LARGE, f"messages are limited to {limit} bytes"))
             return
         try:  # never raises past JsonError: a nested or odd message gets an error, the session lives
             message = safe_json.loads(data, self.cfg.max_json_depth)
         except safe_json.JsonError as exc:
-            self._count("invalid")
-            await self.send(ApiError(400, INVALID_MESSAGE_FORMAT, str(exc)).ws_message())
+            await self._refuse(ApiError(400, INVALID_MESSAGE_FORMAT, str(exc)))
             return
         kind = message.get("type") if isinstance(message, dict) else None
         if not isinstance(kind, str):
-            self._count("invalid")
-            await self.send(
-                ApiError(400, INVALID_MESSAGE_FORMAT, 'expected a JSON object with a string "type"').ws_message()
-            )
+            await self._refuse(ApiError(400, INVALID_MESSAGE_FORMAT, 'expected a JSON object with a string "type"'))
             return
         self._count(kind if kind in KNOWN_TYPES else "unknown")
         if not self.authenticated:
@@ -207,14 +194,11 @@ class WsSession:
         if isinstance(key, str) and self.state.checker.is_valid(key):
             still_pending = self.ws in self.state.pending
             if not self.state.promote(self.ws, self):  # pushed out meanwhile, or max_sessions are open
-                self.state.metrics.requests.labels("websocket", "rejected").inc()
-                full = f"{TOO_MANY_SESSIONS} (at most {self.cfg.max_sessions})".encode()
-                await self.ws.close(code=TRY_AGAIN_LATER, message=full if still_pending else PUSHED_OUT)
+                await refuse_full(self.ws, self.state, "websocket", None if still_pending else PUSHED_OUT)
                 self.closing = True
                 return
             self.authenticated = True
-            self.client = client_id(key, self.peer)
-            self.principal = self.state.checker.resolve(key)
+            self.caller = Caller.of(self.state, key, self.caller.peer)
             await self.send({"type": "authenticated"})
             return
         self.state.metrics.requests.labels("websocket", "unauthorized").inc()
@@ -226,7 +210,7 @@ class WsSession:
         raw_id = message.get("request_id")
         echo_id = raw_id if isinstance(raw_id, str) else None
         try:
-            admit_client(self.state, self.client, in_session=True)
+            admit_client(self.state, self.caller, in_session=True)
             params = parse_speak(message, self.cfg.max_text_chars, self.cfg.max_audio_length_ms)
             if len(self.jobs) >= self.cfg.max_inflight_per_session:
                 raise ApiError(
@@ -235,15 +219,13 @@ class WsSession:
                     f"at most {self.cfg.max_inflight_per_session} synthesize requests per session at once",
                     outcome="rejected",
                 )
-            voice = lookup_voice(self.state, params.voice_profile_id, self.principal)
-            lease = hold_utterance(self.state, self.principal, self.peer)  # the tenant's share of the engine
+            request, lease = prepare(self.state, self.caller, params, AudioEncoding.MULAW_8KHZ)  # the tenant's share
         except ApiError as err:
             self.state.metrics.requests.labels("ws_synthesize", err.outcome).inc()
             await self.send(err.ws_message(echo_id))
             return
         request_id = params.request_id or f"{self.session_id[:64]}-{next(_request_ids)}"
-        job = Job(params, request_id, time.perf_counter())
-        job.request = synthesis_request(params, AudioEncoding.MULAW_8KHZ, voice)
+        job = Job(params, request_id, time.perf_counter(), request=request)
         if params.session_context:
             job.request = dataclasses.replace(job.request, max_context_positions=self.cfg.session_context_positions)
             job.earlier = tuple(self.history)
@@ -258,7 +240,7 @@ class WsSession:
         """A caller turn for the conversation: transcript, and optionally its audio."""
         try:
             if message.get("audio_base64") is not None:  # decoding and encoding it cost like a synthesis
-                admit_client(self.state, self.client, in_session=True)
+                admit_client(self.state, self.caller, in_session=True)
             segment = await caller_turn(self.state, message)
         except ApiError as err:
             await self.send(err.ws_message())

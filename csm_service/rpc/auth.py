@@ -89,7 +89,7 @@ class GrpcKeyInterceptor(grpc.aio.ServerInterceptor):
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"rate limit: over {self.rate.rate_per_s:g} calls/s for this caller; retry in {wait_s:.1f} s",
             )
-        cap = self.limits.max_inflight if principal.max_inflight is None else principal.max_inflight
+        cap = principal.inflight_cap(self.limits.max_inflight)
         lease = self.inflight.try_acquire(caller, cap)
         if lease is None:
             await context.abort(

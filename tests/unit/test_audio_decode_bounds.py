@@ -255,8 +255,8 @@ def test_context_raw_audio_at_the_bound_by_its_bytes(fmt, bytes_at_bound, monkey
     def no_conversion(*args):
         raise AssertionError("converted before the length check")
 
-    monkeypatch.setattr(caller_turn, "mulaw_to_pcm16", no_conversion)
-    monkeypatch.setattr(caller_turn.np, "frombuffer", no_conversion)
+    monkeypatch.setattr(decode, "mulaw_to_pcm16", no_conversion)
+    monkeypatch.setattr(decode.np, "frombuffer", no_conversion)
     with pytest.raises(ApiError) as err:
         caller_audio(fmt, b"\x01" * (bytes_at_bound + width))
     assert err.value.status == 422 and err.value.field == "audio_base64" and "at most 2 s" in str(err.value)

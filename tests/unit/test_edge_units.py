@@ -5,13 +5,12 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from csm_service.api.errors import ApiError
+from csm_service.api.errors import ApiError, from_speech_error
 from csm_service.api.openapi import build_spec, render_docs
 from csm_service.api.speak import MULAW, WAV, parse_speak
 from csm_service.config import ServiceConfig
 from csm_service.core.constants import DEFAULT_MAX_AUDIO_MS
 from csm_service.core.request import AudioEncoding
-from csm_service.edge.errors import from_speech_error
 from csm_service.rpc.convert_client import request_to_proto, speech_error_from_rpc
 from csm_service.rpc.gen.csm.v1 import tts_pb2 as pb
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from csm_service.api.errors import ApiError
+from csm_service.api.errors import ApiError, retry_after_header
 from csm_service.api.speak import parse_speak
 from csm_service.core.errors import RATE_LIMITED
-from csm_service.limits import RateLimiter, client_id, retry_after_header
+from csm_service.limits import RateLimiter, client_id
 from tests.fake_clock import FakeClock
 
 

@@ -29,14 +29,13 @@ from csm_service.api.speak import parse_speak
 from csm_service.api.twilio_stream import CallParameters
 from csm_service.audio.g711 import mulaw_to_pcm16
 from csm_service.core.errors import TOO_MANY_IN_FLIGHT
-from csm_service.edge.admission import admit_client, hold_utterance
+from csm_service.edge.access import Caller, admit_client, hold_utterance
+from csm_service.edge.speech import lookup_voice
 from csm_service.edge.state import EdgeState
 from csm_service.edge.twilio.pacer import FramePacer
 from csm_service.edge.twilio.speaker import speak_queue
 from csm_service.edge.twilio.utterance import PLAYED, SENT, UNFINISHED, Utterance
-from csm_service.edge.voices_api import lookup_voice
 from csm_service.edge.ws_gate import settle
-from csm_service.tenants import OPEN, Principal
 
 log = logging.getLogger(__name__)
 
@@ -52,15 +51,11 @@ class TwilioCall:
         ws: web.WebSocketResponse,
         state: EdgeState,
         start: dict,
-        client: str,
-        principal: Principal = OPEN,
-        peer: str | None = None,
+        caller: Caller,
     ) -> None:
         self.ws = ws
         self.state = state
-        self.client = client  # rate limiter bucket
-        self.principal = principal  # the tenant whose key started the call: it owns the call
-        self.peer = peer  # the stream's address: whose utterances count together with keys off
+        self.caller = caller  # the tenant whose key started the call owns it
         self.stream_sid: str = start["streamSid"]
         self.call_sid = str(start.get("callSid", ""))
         self.account_sid = str(start.get("accountSid", ""))
@@ -135,7 +130,7 @@ class TwilioCall:
         if "voice_profile_id" not in body and voice_id is not None:
             merged["voice_profile_id"] = str(voice_id)
         params = parse_speak(merged, self.state.cfg.max_text_chars, self.state.cfg.max_audio_length_ms)
-        voice = lookup_voice(self.state, params.voice_profile_id, self.principal)
+        voice = lookup_voice(self.state, params.voice_profile_id, self.caller.known())
         return Utterance(f"utt_{next(self._ids)}", params, voice)
 
     async def say(self, utterance: Utterance, interrupt: bool) -> int:
@@ -147,7 +142,7 @@ class TwilioCall:
         if len(self.jobs) >= limit:
             raise ApiError(429, TOO_MANY_IN_FLIGHT, f"at most {limit} utterances queued or speaking per call")
         # In flight for the tenant from now until its audio is generated (or it is dropped).
-        utterance.lease = hold_utterance(self.state, self.principal, self.peer)
+        utterance.lease = hold_utterance(self.state, self.caller)
         ahead = len(self.queue) + (self.current is not None)
         self.utterances.append(utterance)
         self.queue.append(utterance)
@@ -263,7 +258,7 @@ class TwilioCall:
         greeting = self.custom.get("greeting")
         if greeting:
             try:
-                admit_client(self.state, self.client, in_session=True)
+                admit_client(self.state, self.caller, in_session=True)
                 await self.say(self.utterance({"text": greeting}), interrupt=False)
             except ApiError as err:
                 log.warning("call %s: the greeting was refused: %s", self.stream_sid, err)

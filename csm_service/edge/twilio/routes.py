@@ -1,15 +1,9 @@
-"""``WS /v1/twilio/media-stream`` and the call control API.
+"""``WS /v1/twilio/media-stream`` and the call control API (``/v1/calls``, by ``streamSid``).
 
-Point ``<Connect><Stream url="wss://HOST/v1/twilio/media-stream">`` at the edge. ``<Parameter>``
-elements arrive as ``start.customParameters``: ``greeting`` (said at once), ``voice``, ``speaker``,
-``seed``, ``temperature``, ``top_k``, ``max_audio_length_ms``, ``raw_text`` (defaults for every
-utterance), ``barge_in`` (``dtmf``, ``speech`` or both, comma-separated) and, with API keys on,
-``api_key`` (Twilio's stream URL takes no query string and Twilio sends no bearer token).
-
-Control, by ``streamSid``: ``POST /v1/calls/{streamSid}/say`` (``text``, ``voice``, ``interrupt``
-and the native synthesis fields) answers 202 at once; ``POST /v1/calls/{streamSid}/clear``;
-``GET /v1/calls`` and ``GET /v1/calls/{streamSid}`` (utterance states: queued, speaking, sent,
-played, interrupted, cleared, failed). A call lives on the edge replica its stream reached.
+Point ``<Connect><Stream url="wss://HOST/v1/twilio/media-stream">`` at the edge; the ``<Parameter>``
+names it reads (``start.customParameters``) are in :data:`csm_service.api.twilio.CALL_DOC`, the
+control routes in :mod:`csm_service.api.routes`. ``say`` answers 202 at once. A call lives on the
+edge replica its stream reached.
 """
 
 from __future__ import annotations
@@ -23,21 +17,18 @@ from csm_service.api import twilio_stream
 from csm_service.api.errors import ApiError
 from csm_service.api.twilio import SayControl
 from csm_service.api.validation import validate
-from csm_service.auth import bearer_token
-from csm_service.core.errors import TOO_MANY_SESSIONS
-from csm_service.edge.admission import admit, request_principal
+from csm_service.edge.access import Caller, admit, request_key, request_principal
 from csm_service.edge.http_api import read_json
 from csm_service.edge.state import STATE, EdgeState
 from csm_service.edge.twilio.call import TwilioCall
 from csm_service.edge.ws_gate import (
     POLICY_VIOLATION,
-    TRY_AGAIN_LATER,
     close_unless_authenticated,
+    joined,
     open_websocket,
+    refuse_full,
     settle,
 )
-from csm_service.limits import client_id
-from csm_service.tenants import OPEN
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +89,7 @@ async def _start_in_time(ws: web.WebSocketResponse, state: EdgeState) -> tuple[d
 
 async def media_stream(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
-    header_key = bearer_token(request.headers.get("Authorization"))
+    header_key = request_key(request)
     # Twilio's frames are small (a media frame: about 400 bytes): a larger one closes the stream (1009).
     limit = state.cfg.max_ws_message_bytes
     ws, serve = await open_websocket(request, state, header_key, "twilio", pending=True, max_msg_size=limit)
@@ -119,22 +110,16 @@ async def media_stream(request: web.Request) -> web.StreamResponse:
         await ws.close(code=POLICY_VIOLATION, message=b"streamSid already connected")
         return ws
     if len(state.sessions) >= state.cfg.max_sessions:  # there was room at the upgrade, none now
-        state.metrics.requests.labels("twilio", "rejected").inc()
-        await ws.close(code=TRY_AGAIN_LATER, message=f"{TOO_MANY_SESSIONS} (at most {state.cfg.max_sessions})".encode())
+        await refuse_full(ws, state, "twilio")
         return ws
-    principal = state.checker.resolve(key if isinstance(key, str) else None) or OPEN  # not None: checked above
-    client = client_id(key if state.checker.enabled else None, request.remote)
-    call = TwilioCall(ws, state, start, client, principal, request.remote)
+    call = TwilioCall(ws, state, start, Caller.of(state, key if isinstance(key, str) else None, request.remote))
     state.calls[call.stream_sid] = call
-    state.sessions.add(call)
-    state.metrics.twilio_calls.inc()
     log.info("call %s (%s) connected", call.stream_sid, call.call_sid)
     try:
-        await call.run(early_dtmf)
+        with joined(state, ws, call, state.metrics.twilio_calls):
+            await call.run(early_dtmf)
     finally:
         state.calls.pop(call.stream_sid, None)
-        state.sessions.discard(call)
-        state.metrics.twilio_calls.dec()
         if not ws.closed:
             await ws.close()
         log.info("call %s ended", call.stream_sid)
@@ -143,7 +128,7 @@ async def media_stream(request: web.Request) -> web.StreamResponse:
 
 def _visible(request: web.Request, call: TwilioCall) -> bool:
     """A call belongs to the tenant whose key started it; admins (and keys off) see every call."""
-    return request_principal(request).can_see(call.principal.tenant)
+    return request_principal(request).can_see(call.caller.known().tenant)
 
 
 def _call(request: web.Request) -> TwilioCall:
