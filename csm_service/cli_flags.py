@@ -14,7 +14,7 @@ import argparse
 import dataclasses
 from dataclasses import dataclass
 
-from csm_service.config import EngineConfig, ServiceConfig
+from csm_service.config import QUANT_MODES, EngineConfig, ServiceConfig
 
 _FIELD_DEFAULTS: dict[str, object] = {
     f.name: getattr(config, f.name) for config in (ServiceConfig(), EngineConfig()) for f in dataclasses.fields(config)
@@ -30,13 +30,15 @@ class Flag:
     help: str
     name: str = ""  # default: --<field with dashes>
     switch: str = ""
+    choices: tuple[str, ...] = ()  # the values argparse accepts (a bad one is a usage error)
 
     def add_to(self, parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
         option = self.name or "--" + self.field.replace("_", "-")
         if self.switch:
             parser.add_argument(option, dest=self.field, action=self.switch, default=None, help=self.help)
         else:
-            parser.add_argument(option, dest=self.field, type=_field_type(self.field), help=self.help)
+            choices = self.choices or None
+            parser.add_argument(option, dest=self.field, type=_field_type(self.field), choices=choices, help=self.help)
 
 
 def _field_type(field: str) -> type | None:
@@ -84,6 +86,14 @@ ENGINE = FlagGroup(
         Flag("chunk_frames", "80 ms frames in later chunks"),
         Flag("mimi_weights", "local Mimi weights file (CSM_MIMI_WEIGHTS)"),
         Flag("use_cuda_graphs", "eager mode (debugging)", name="--no-cuda-graphs", switch="store_false"),
+        Flag(
+            "compile_cpu",
+            "CPU: run the frame step eagerly instead of compiled (debugging; CSM_COMPILE_CPU=0)",
+            name="--no-compile",
+            switch="store_false",
+        ),
+        Flag("compile_cache_dir", "CPU: where compiled code is cached across restarts (CSM_COMPILE_CACHE_DIR)"),
+        Flag("quantize", "int8: int8 weight-only projections, CPU only (CSM_QUANTIZE; default none)", choices=QUANT_MODES),
         Flag("seed", "seed of the tiny-random weights"),
         Flag("prefix_cache_mb", "voice-prompt KV cache, 0 = off (CSM_PREFIX_CACHE_MB, 1024)"),
         Flag(

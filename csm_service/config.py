@@ -75,6 +75,9 @@ TINY = CsmConfig(
 NAMED_CONFIGS: dict[str, CsmConfig] = {"csm-1b": CSM_1B, "tiny": TINY}
 
 
+QUANT_MODES = ("none", "int8")  # EngineConfig.quantize
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     """How the engine runs the model."""
@@ -87,6 +90,9 @@ class EngineConfig:
     first_chunk_frames: int = 1  # frames in the first audio chunk (80 ms each)
     chunk_frames: int = 4  # frames in later chunks; they ramp up to it, never longer than the audio already sent
     use_cuda_graphs: bool = True  # ignored on CPU; --no-cuda-graphs is the eager switch
+    compile_cpu: bool = True  # CPU: compile the frame step with Inductor; --no-compile is the eager switch
+    compile_cache_dir: str = ""  # Inductor's on-disk cache (a restart reuses it); "" = its default under /tmp
+    quantize: str = "none"  # none | int8 (CPU: int8 weight-only projections, model/quantize.py)
     mimi_weights: str | None = None  # local Mimi weights; default: moshi's file via the hub cache
     seed: int = 0  # seed of the tiny-random weights
     prefix_cache_mb: int = 1024  # device memory for voice-prompt KV prefixes (0: no cache)
@@ -98,6 +104,10 @@ class EngineConfig:
     # caches may take what is free less (1 - memory_utilization) x total (CUDA: the GPU; CPU: RAM)...
     memory_utilization: float = 0.9
     memory_budget_mb: int = 0  # ...or, when set, this budget for the model's memory (weights included)
+
+    def __post_init__(self) -> None:
+        if self.quantize not in QUANT_MODES:
+            raise ValueError(f"quantize: one of {', '.join(QUANT_MODES)}, not {self.quantize!r}")
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,16 @@ def build_engine(cfg: EngineConfig, start: bool = True) -> Engine:
     model, tokenizer = entry.load(cfg.model, cfg.seed, dtype)  # on CPU, each tensor cast as it is read
     codec = build_codec(cfg, entry, device)
     # A one-slot cache for the warm-up; Engine.start() sizes the slots from free memory (max_batch at most).
-    runner = ModelRunner(model, WARM_UP_SLOTS, device, dtype, use_cuda_graphs=cfg.use_cuda_graphs)
+    runner = ModelRunner(
+        model,
+        WARM_UP_SLOTS,
+        device,
+        dtype,
+        use_cuda_graphs=cfg.use_cuda_graphs,
+        compile_cpu=cfg.compile_cpu,
+        compile_cache_dir=cfg.compile_cache_dir,
+        quantize=cfg.quantize,
+    )
     engine = Engine(runner, codec, tokenizer, cfg)
     if start:
         engine.start()

@@ -2,19 +2,18 @@
 
 All per-slot state lives on the device in [num_slots] tensors, so a step reads nothing from the
 host beyond two Python ints (how many rows, how many cache positions) and writes nothing back but
-the frame's codes. The number of slots is sized at start-up from free memory (engine/memory.py):
-the runner is built with a one-slot cache for the warm-up, then :meth:`allocate_slots` gives it
-the final count before the graphs are captured.
+the frame's codes. The slots are sized at start-up from free memory (engine/memory.py): the runner
+warms up on a WARM_UP_SLOTS cache, then :meth:`allocate_slots` gives it the final count.
 
-On CUDA the whole step (backbone step for every row at its own position, codebook-0 sampling, the
-31 depth-decoder steps with their sampling, the state update) is captured as CUDA graphs at
-start-up, and a step is one ``replay()``: the live rows are padded up to the next batch bucket and
-the cache read up to the next length bucket (the mask hides what lies beyond each row's position,
-so the result is the same as reading exactly). Length buckets are captured only for the batch
-buckets where reading the whole cache instead would add more than a tenth to the weight reads of a
-step (engine/buckets.py): small batches get one graph at the full cache length, large batches the
-length buckets; 14 graphs at max batch 64 instead of 28. On CPU nothing is captured and the step
-reads exactly the filled cache.
+On CUDA the whole step is captured as CUDA graphs at start-up and a step is one ``replay()``: the
+live rows are padded up to a batch bucket and the cache read up to a length bucket (the mask hides
+what lies beyond each row's position). Length buckets are captured only for the batch buckets
+where reading the whole cache instead would add more than a tenth to a step's weight reads
+(engine/buckets.py): 14 graphs at max batch 64 instead of 28.
+
+On CPU the step reads exactly the filled cache, and its pieces are compiled with Inductor
+(engine/compiled.py; ``compile_cpu``): graphs with symbolic shapes, run at two rows or more, so
+the warm-up compiles the one shape served and no later batch size or cache length recompiles.
 
 A row that is not active still computes in a batched step and writes its (ignored) K/V at its
 ``positions`` entry. An idle row's is 0 and its cache is rewritten by its next prefill; a row whose
@@ -39,17 +38,23 @@ from csm_service.engine.buckets import (
     round_up,
     step_weight_bytes,
 )
-from csm_service.engine.frame import FrameInputs, frame_step
+from csm_service.engine.compiled import can_compile, compile_pieces, timed_compile
+from csm_service.engine.frame import EAGER, FrameInputs, frame_step
 from csm_service.engine.prefill import prefill_chunks
 from csm_service.engine.prefix_cache import PrefixKV
 from csm_service.model.csm import CSM
-from csm_service.model.fuse import fuse_projections
+from csm_service.model.fuse import fuse_projections, pack_heads
+from csm_service.model.quantize import QUANT_MODES, quantize_int8
 
 __all__ = ["MIN_KV_BUCKET", "ModelRunner", "pick_device", "pick_dtype", "powers_of_two_upto", "round_up"]
 
 log = logging.getLogger(__name__)
 
-WARM_UP_SLOTS = 1  # the cache the warm-up runs on, before the slots are sized
+# The cache the warm-up runs on, before the slots are sized: two rows, so a compiled step warms up
+# at the shape it serves with (a dimension of size 1 is a shape of its own to Inductor).
+WARM_UP_SLOTS = 2
+COMPILED_MIN_ROWS = 2  # a compiled step runs at least this many rows (an idle one is nearly free)
+MIN_COMPILE_KV = 3  # cache length of the compiling step: not 0 or 1, which Inductor would specialise
 
 
 def pick_device(name: str) -> torch.device:
@@ -66,11 +71,33 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
 
 class ModelRunner:
     def __init__(
-        self, model: CSM, max_batch: int, device: torch.device, dtype: torch.dtype, use_cuda_graphs: bool = False
+        self,
+        model: CSM,
+        max_batch: int,
+        device: torch.device,
+        dtype: torch.dtype,
+        use_cuda_graphs: bool = False,
+        compile_cpu: bool = False,
+        compile_cache_dir: str = "",
+        quantize: str = "none",
     ) -> None:
-        """``max_batch``: the slots allocated now (the engine builds with WARM_UP_SLOTS and sizes later)."""
+        """``max_batch``: the slots allocated now (the engine builds with WARM_UP_SLOTS and sizes later).
+        ``compile_cpu``: on CPU, compile the frame step (else it runs eagerly); ignored elsewhere.
+        ``quantize``: "int8" for int8 weight-only projections (CPU only, model/quantize.py)."""
+        if quantize not in QUANT_MODES:
+            raise ValueError(f"quantize: one of {', '.join(QUANT_MODES)}, not {quantize!r}")
+        if quantize != "none" and device.type != "cpu":
+            raise ValueError(f"quantize {quantize!r} runs on CPU only (torch has no CUDA int8 weight-only kernel)")
         self.model = model.to(device=device, dtype=dtype).eval()
-        fuse_projections(self.model, pack_cpu=device.type == "cpu")
+        self.compiled = compile_cpu and device.type == "cpu" and can_compile()
+        self.quantize = quantize
+        # Prepacked oneDNN weights, compiled or not (model/fuse.py); int8 weights have their own kernel.
+        fuse_projections(self.model, pack_cpu=device.type == "cpu" and quantize == "none")
+        if quantize == "int8":
+            quantize_int8(self.model)
+            pack_heads(self.model)  # the heads stay in the model dtype, prepacked
+        self.pieces = compile_pieces(compile_cache_dir) if self.compiled else EAGER
+        self.compile_s: float | None = None  # seconds the compiled variants took at capture
         self.cfg = model.cfg
         self.device = device
         self.dtype = dtype
@@ -195,6 +222,8 @@ class ModelRunner:
         if self.graphs:
             n = round_up(num_rows, self.batch_buckets)
             self.graphs[(n, round_up(kv_len, self.graph_lengths[n]))].replay()
+        elif self.compiled:  # one compiled shape for every batch: never the size-1 specialisation
+            self.step_eager(max(num_rows, min(COMPILED_MIN_ROWS, self.max_batch)), kv_len)
         else:
             self.step_eager(num_rows, kv_len)
         return self.codes[:num_rows]
@@ -210,7 +239,7 @@ class ModelRunner:
             temperature=self.temperature[:n],
             top_k=self.top_k[:n],
         )
-        codes, next_hidden = frame_step(self.model, slice(0, n), inputs, kv_len)
+        codes, next_hidden = frame_step(self.model, slice(0, n), inputs, kv_len, self.pieces)
         self.hidden[:n] = next_hidden
         self.positions[:n] += self.is_active[:n]
         self.frame_index[:n] += self.is_active[:n]
@@ -222,7 +251,15 @@ class ModelRunner:
 
         Largest first, all in one memory pool, so the smaller graphs reuse the largest's buffers.
         Warm-up and capture write only rows that are idle (their cache is rewritten by prefill).
+        On CPU with ``compile_cpu``: make sure the step is compiled for the final slot count (at
+        least two rows, see :meth:`step`); the state is restored the same way.
         """
+        if self.compiled:
+            saved = [t.clone() for t in self._state()]
+            self.compile_s = timed_compile(self._compile_variants)
+            for tensor, value in zip(self._state(), saved, strict=True):
+                tensor.copy_(value)
+            return
         if not self.use_cuda_graphs:
             return
         started = time.perf_counter()
@@ -249,6 +286,10 @@ class ModelRunner:
             self.graph_lengths,
             time.perf_counter() - started,
         )
+
+    def _compile_variants(self) -> None:
+        """One step at the compiled shape (already compiled by the warm-up unless the slots changed it)."""
+        self.step(1, min(MIN_COMPILE_KV, self.cfg.max_seq_len))
 
     def _state(self) -> list[torch.Tensor]:
         return [self.hidden, self.positions, self.is_active, self.seeds, self.frame_index, self.temperature, self.top_k]

@@ -65,11 +65,41 @@ def sample_topk(
     outside the top k score -1, below every candidate's ``p / E >= 0``: no NaN can win the argmax.
     """
     scaled = logits / temperature.unsqueeze(1)  # [B, V]
-    sorted_desc = scaled.sort(dim=-1, descending=True).values
-    kth = sorted_desc.gather(1, (top_k - 1).clamp(0, logits.shape[-1] - 1).unsqueeze(1))  # [B, 1]
-    is_candidate = scaled >= kth  # [B, V]
+    k = top_k.clamp(1, logits.shape[-1])
+    if torch.compiler.is_compiling():  # Inductor has no CPU sort: count instead (same candidates)
+        is_candidate = _at_least_kth_largest(scaled, k)
+    else:
+        kth = scaled.sort(dim=-1, descending=True).values.gather(1, (k - 1).unsqueeze(1))  # [B, 1]
+        is_candidate = scaled >= kth  # [B, V]
     probs = torch.softmax(scaled.masked_fill(~is_candidate, float("-inf")), dim=-1)  # [B, V]
     exp_noise = (-torch.log(noise)).clamp_min(torch.finfo(torch.float32).tiny)  # Exp(1), in [tiny, inf]
     score = torch.where(is_candidate, probs / exp_noise, -1.0)  # [B, V]
     drawn = torch.argmax(score, dim=-1)  # [B]
     return torch.where(top_k == 1, torch.argmax(scaled, dim=-1), drawn)
+
+
+_DIGIT_BITS = 2  # the threshold is found 2 bits at a time: 16 passes of 3 compares per element
+
+
+def _at_least_kth_largest(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """x [B, V] float32, k [B] in 1..V -> mask [B, V]: x >= the k-th largest of its row, exactly
+    what sorting finds, without a sort (ties count as in a sort).
+
+    Each float maps to an unsigned 32-bit key in the same order (negative floats have their
+    magnitude bits flipped; -0.0 is first made +0.0, which sort treats as equal). The k-th largest
+    key is the largest ``t`` with at least k keys >= t; it is built 2 bits at a time, from the top:
+    of the 4 values the next digit can take, the largest that keeps k keys at or above ``t`` wins.
+    Each of the 16 passes is one fused compare-and-count over the row (fewer, wider passes compile
+    faster; narrower ones do less work. Tiny model, 8 rows, 2 cores: 1 bit compiled in 109 s and ran
+    a frame in 54 ms, 2 bits 87 s and 52 ms, 4 bits 74 s and 67 ms).
+    """
+    bits = (x + 0.0).view(torch.int32)  # + 0.0: -0.0 -> +0.0
+    keys = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits).to(torch.int64) + 2**31  # [B, V] in [0, 2^32)
+    digits = torch.arange(1, 1 << _DIGIT_BITS, device=x.device, dtype=torch.int64)  # [3]: digit 0 always holds
+    threshold = torch.zeros_like(k)  # [B]: every key is >= 0, and V >= k
+    for shift in range(32 - _DIGIT_BITS, -1, -_DIGIT_BITS):
+        candidates = threshold.unsqueeze(1) + (digits << shift)  # [B, 3]
+        counts = (keys.unsqueeze(1) >= candidates.unsqueeze(2)).sum(dim=2)  # [B, 3], non-increasing
+        digit = (counts >= k.unsqueeze(1)).sum(dim=1)  # the largest digit keeping k keys at or above
+        threshold = threshold + (digit << shift)
+    return keys >= threshold.unsqueeze(1)

@@ -26,7 +26,7 @@ class CSM(nn.Module):
         self.projection = nn.Linear(dim, dec_dim, bias=False)
         self.codebook0_head = nn.Linear(dim, cfg.audio_vocab_size, bias=False)
         self.audio_head = nn.Parameter(torch.empty(cfg.num_codebooks - 1, dec_dim, cfg.audio_vocab_size))
-        self.audio_head_linears: list[nn.Module] | None = None  # per-codebook heads, see fuse_projections()
+        self.packed_heads: nn.Module | None = None  # audio_head prepacked per codebook, see fuse_projections()
         self.register_buffer("codebook_offsets", torch.empty(cfg.num_codebooks, dtype=torch.int64), persistent=False)
         self.init_buffers()
 
@@ -67,6 +67,6 @@ class CSM(nn.Module):
 
     def codebook_logits(self, codebook: int, decoder_hidden: torch.Tensor) -> torch.Tensor:
         """decoder hidden [B, d] after codebook-1 input -> logits [B, V] of ``codebook`` (1..31)."""
-        if self.audio_head_linears is not None:
-            return self.audio_head_linears[codebook - 1](decoder_hidden).float()
+        if self.packed_heads is not None:
+            return self.packed_heads(codebook, decoder_hidden).float()
         return torch.mm(decoder_hidden, self.audio_head[codebook - 1]).float()

@@ -7,13 +7,21 @@
   2048 product reads at ~18 GB/s through the default path and ~33 GB/s (fp32) / ~26 GB/s (bf16)
   prepacked (docs/benchmarks.md).
 
+A prepacked weight is an opaque oneDNN tensor that ``torch.compile`` cannot trace, so inside a
+compiled graph the product is the custom operator ``csm::packed_linear``, which names its weight
+by a handle (an int) into this module's table: the compiled frame step (engine/compiled.py) calls
+the same oneDNN kernel as the eager one, and a codebook's head is the handle of the first head plus
+the codebook (a symbolic int), so one graph serves every codebook.
+
 Applied by the runner after the dtype cast; the model's parameters stay where the loader put them
 for anything that needs the plain names.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
+import weakref
 
 import torch
 from torch import nn
@@ -21,6 +29,20 @@ from torch import nn
 from csm_service.model.csm import CSM
 
 log = logging.getLogger(__name__)
+
+_PACKED: dict[int, torch.Tensor] = {}  # handle -> oneDNN weight, while its PackedLinear lives
+_handles = itertools.count()
+
+
+@torch.library.custom_op("csm::packed_linear", mutates_args=())
+def packed_linear(x: torch.Tensor, handle: int, out_features: int) -> torch.Tensor:
+    """x [..., K] @ the prepacked weight ``handle`` [N, K].T -> [..., N]."""
+    return torch.ops.mkldnn._linear_pointwise(x, _PACKED[handle], None, "none", [], "")
+
+
+@packed_linear.register_fake
+def _(x: torch.Tensor, handle: int, out_features: int) -> torch.Tensor:
+    return x.new_empty((*x.shape[:-1], out_features))
 
 
 class PackedLinear(nn.Module):
@@ -30,12 +52,35 @@ class PackedLinear(nn.Module):
         super().__init__()
         self.out_features, self.in_features = weight.shape
         self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), 1)
+        self.handle = next(_handles)
+        _PACKED[self.handle] = self.packed
+        weakref.finalize(self, _PACKED.pop, self.handle, None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_compiling():
+            return torch.ops.csm.packed_linear(x, self.handle, self.out_features)
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, None, "none", [], "")
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, packed=oneDNN"
+
+
+class PackedHeads(nn.Module):
+    """The depth decoder's per-codebook heads, prepacked: ``heads(codebook, h)`` -> logits [B, V]."""
+
+    def __init__(self, audio_head: torch.Tensor) -> None:  # [K - 1, d, V]
+        super().__init__()
+        self.linears = nn.ModuleList(PackedLinear(w.t()) for w in audio_head)
+        self.first_handle = self.linears[0].handle
+        self.vocab_size = audio_head.shape[-1]
+        if [lin.handle for lin in self.linears] != list(range(self.first_handle, self.first_handle + len(audio_head))):
+            raise RuntimeError("packed heads need consecutive handles")
+
+    def forward(self, codebook: int, h: torch.Tensor) -> torch.Tensor:
+        """Codebook 1..K-1's logits from decoder hidden h [B, d]."""
+        if torch.compiler.is_compiling():  # codebook is symbolic: a handle, not a list index
+            return torch.ops.csm.packed_linear(h, self.first_handle + codebook - 1, self.vocab_size)
+        return self.linears[codebook - 1](h)
 
 
 def can_pack_cpu() -> bool:
@@ -71,7 +116,16 @@ def fuse_projections(model: CSM, pack_cpu: bool) -> None:
                 mlp.down_proj = _linear(mlp.down_proj.weight, pack)
     if pack:
         model.projection = _linear(model.projection.weight, pack)
-        model.codebook0_head = _linear(model.codebook0_head.weight, pack)
-        model.audio_head_linears = [_linear(w.t(), pack) for w in model.audio_head]
-        model.audio_head = nn.Parameter(torch.empty(0), requires_grad=False)  # its packed copies serve
+        pack_heads(model)
     log.info("fused q/k/v and gate/up projections%s", "; weights prepacked for oneDNN" if pack else "")
+
+
+@torch.no_grad()
+def pack_heads(model: CSM) -> None:
+    """Prepack the codebook heads (codebook 0's, and the depth decoder's per codebook) for oneDNN."""
+    if not can_pack_cpu():
+        return
+    model.codebook0_head = _linear(model.codebook0_head.weight, True)
+    if model.audio_head[0].numel() >= PACK_MIN_ELEMENTS:
+        model.packed_heads = PackedHeads(model.audio_head)
+        model.audio_head = nn.Parameter(torch.empty(0), requires_grad=False)  # its packed copies serve

@@ -34,7 +34,7 @@ GRPC_DEFAULT_POLICY = [("grpc.so_reuseport", 0)]
 
 @pytest.fixture(scope="module")
 def engine():
-    eng = build_engine(EngineConfig(model="tiny-random", max_batch=4, max_queue=4))
+    eng = build_engine(EngineConfig(model="tiny-random", compile_cpu=False, max_batch=4, max_queue=4))
     yield eng
     eng.stop()
 

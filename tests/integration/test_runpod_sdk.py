@@ -92,7 +92,7 @@ JOB_RUNNER_ENV = {"RUNPOD_WEBHOOK_GET_JOB": "https://api.runpod.ai/v2/x/job-take
 
 @pytest.fixture(scope="module")
 def engine():
-    engine = build_engine(EngineConfig(model="tiny-random", max_batch=SLOTS))
+    engine = build_engine(EngineConfig(model="tiny-random", compile_cpu=False, max_batch=SLOTS))
     yield engine
     engine.stop()
 

@@ -55,7 +55,9 @@ def run(engine, request: SpeechRequest) -> Finished:
 
 
 def make_engine(chunk: int, max_batch: int = 2):
-    return build_engine(EngineConfig(model="tiny-random", max_batch=max_batch, prefill_chunk_positions=chunk))
+    return build_engine(
+        EngineConfig(model="tiny-random", compile_cpu=False, max_batch=max_batch, prefill_chunk_positions=chunk)
+    )
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,9 @@ from csm_service.engine.build import build_engine
 @pytest.fixture(scope="module")
 def engine():
     eng = build_engine(
-        EngineConfig(model="tiny-random", max_batch=4, max_queue=2, first_chunk_frames=1, chunk_frames=2)
+        EngineConfig(
+            model="tiny-random", compile_cpu=False, max_batch=4, max_queue=2, first_chunk_frames=1, chunk_frames=2
+        )
     )
     yield eng
     eng.stop()
@@ -185,7 +187,9 @@ def test_prompt_overflowing_positions_is_refused(engine):
 
 def test_sixteen_concurrent_requests_on_tiny_random():
     """The CPU target of the scheduler: 16 requests at once, all correct, each as if alone."""
-    engine = build_engine(EngineConfig(model="tiny-random", max_batch=16, max_queue=0, chunk_frames=2))
+    engine = build_engine(
+        EngineConfig(model="tiny-random", compile_cpu=False, max_batch=16, max_queue=0, chunk_frames=2)
+    )
     try:
         finished: queue.Queue = queue.Queue()
 

@@ -34,7 +34,12 @@ def make_engine():
 
     def make(max_batch: int, max_queue: int = 2):
         cfg = EngineConfig(
-            model="tiny-random", max_batch=max_batch, max_queue=max_queue, first_chunk_frames=1, chunk_frames=2
+            model="tiny-random",
+            compile_cpu=False,
+            max_batch=max_batch,
+            max_queue=max_queue,
+            first_chunk_frames=1,
+            chunk_frames=2,
         )
         engines.append(build_engine(cfg))
         return engines[-1]

@@ -12,6 +12,7 @@ import torch
 
 from csm_service.config import TINY
 from csm_service.core.request import Segment
+from csm_service.engine.compiled import find_cxx
 from csm_service.engine.prompt import build_prompt
 from csm_service.engine.runner import ModelRunner
 from csm_service.model.loader import ModelFiles, load_checkpoint
@@ -73,10 +74,21 @@ def test_logits_match_transformers(reference, naming):
             h = model.decoder(x, torch.full((1, 1), cb + 1), slice(0, 1), cb + 2)[:, -1]
 
 
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
 @pytest.mark.parametrize("naming", ["transformers", "sesame"])
-def test_greedy_codes_match_transformers(reference, naming):
+def test_greedy_codes_match_transformers(reference, naming, compiled, inductor_cache):
+    if compiled and find_cxx() is None:
+        pytest.skip("no C++ compiler: Inductor cannot compile the CPU step")
     model = _load(reference, naming)
-    runner = ModelRunner(model, max_batch=1, device=torch.device("cpu"), dtype=torch.float32)
+    runner = ModelRunner(  # three slots as in test_compiled_step: the same compiled graphs, a cache hit
+        model,
+        max_batch=3,
+        device=torch.device("cpu"),
+        dtype=torch.float32,
+        compile_cpu=compiled,
+        compile_cache_dir=inductor_cache,
+    )
+    assert runner.compiled == compiled
     tokens = reference["tokens"]
     runner.prefill(0, tokens, reference["mask"], seed=123, temperature=0.9, top_k=1)
     ours = [runner.step(1, kv_len=tokens.shape[0] + i + 1)[0].clone() for i in range(NUM_FRAMES)]

@@ -34,8 +34,8 @@ def request(text: str = "Thanks for calling.", seed: int = 7) -> SpeechRequest:
 
 @pytest.fixture(scope="module")
 def engines():
-    cached = build_engine(EngineConfig(model="tiny-random", max_batch=2, prefix_cache_mb=64))
-    uncached = build_engine(EngineConfig(model="tiny-random", max_batch=2, prefix_cache_mb=0))
+    cached = build_engine(EngineConfig(model="tiny-random", compile_cpu=False, max_batch=2, prefix_cache_mb=64))
+    uncached = build_engine(EngineConfig(model="tiny-random", compile_cpu=False, max_batch=2, prefix_cache_mb=0))
     yield cached, uncached
     cached.stop()
     uncached.stop()

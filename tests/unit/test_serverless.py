@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def engine():
-    engine = build_engine(EngineConfig(model="tiny-random", max_batch=2))
+    engine = build_engine(EngineConfig(model="tiny-random", compile_cpu=False, max_batch=2))
     yield engine
     engine.stop()
 

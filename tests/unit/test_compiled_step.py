@@ -1,0 +1,133 @@
+"""The compiled CPU frame step (engine/compiled.py) against the eager one, and int8 weights.
+
+Compiled and eager run the same four pieces on the same weights, so they must produce the same
+codes, sampled and greedy, for one live row and for several (each row with its own seed, temperature,
+top-k and cache length, past 300 positions). The comparison with transformers runs on the
+compiled path too (tests/unit/test_equivalence_hf.py). Compiling takes about a minute on 2 cores
+the first time; it needs a C++ compiler, and without one these tests are skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from csm_service.config import TINY, EngineConfig
+from csm_service.engine.compiled import find_cxx
+from csm_service.engine.runner import ModelRunner
+from csm_service.engine.sampling import _at_least_kth_largest
+from csm_service.model.loader import build_tiny_random
+from csm_service.model.quantize import Int8Linear, quantize_int8
+
+needs_cxx = pytest.mark.skipif(find_cxx() is None, reason="no C++ compiler: Inductor cannot compile the CPU step")
+ROWS = 3
+FRAMES = 6
+
+
+def _runner(compiled: bool, cache_dir: str, quantize: str = "none", dtype=torch.float32) -> ModelRunner:
+    return ModelRunner(
+        build_tiny_random(seed=7),
+        ROWS,
+        torch.device("cpu"),
+        dtype,
+        compile_cpu=compiled,
+        compile_cache_dir=cache_dir,
+        quantize=quantize,
+    )
+
+
+def _prefill_rows(runner: ModelRunner, lengths: tuple[int, ...], top_ks: tuple[int, ...]) -> int:
+    """Prompts of ``lengths`` into rows 0.. (random tokens, one text column) -> the longest."""
+    rng = np.random.default_rng(3)
+    for row, (length, top_k) in enumerate(zip(lengths, top_ks, strict=True)):
+        tokens = rng.integers(0, 2048, (length, TINY.num_codebooks + 1))
+        tokens[:, -1] = rng.integers(0, 250, length)
+        mask = np.ones_like(tokens, dtype=bool)
+        runner.prefill(row, tokens, mask, seed=100 + row, temperature=0.7 + 0.2 * row, top_k=top_k)
+    return max(lengths)
+
+
+def _frames(runner: ModelRunner, num_rows: int, longest: int) -> tuple[torch.Tensor, torch.Tensor]:
+    codes = [runner.step(num_rows, longest + i + 1).clone() for i in range(FRAMES)]
+    return torch.stack(codes), runner.hidden[:num_rows].clone()  # [F, n, K], [n, D]
+
+
+@needs_cxx
+@pytest.mark.parametrize("lengths,top_ks", [((320,), (50,)), ((320, 17, 301), (50, 1, 2051))])
+def test_compiled_step_matches_eager(inductor_cache, lengths, top_ks):
+    eager = _runner(False, inductor_cache)
+    compiled = _runner(True, inductor_cache)
+    assert compiled.compiled and not eager.compiled
+    results = []
+    for runner in (eager, compiled):
+        longest = _prefill_rows(runner, lengths, top_ks)
+        results.append(_frames(runner, len(lengths), longest))
+    (codes_e, hidden_e), (codes_c, hidden_c) = results
+    assert torch.equal(codes_c, codes_e)
+    torch.testing.assert_close(hidden_c, hidden_e, rtol=1e-4, atol=1e-4)
+
+
+@needs_cxx
+def test_capture_times_the_compile_and_restores_state(inductor_cache):
+    runner = _runner(True, inductor_cache)
+    _prefill_rows(runner, (40,), (50,))
+    before = [t.clone() for t in runner._state()]
+    runner.capture_graphs()  # what the engine does after sizing its slots
+    assert runner.compile_s is not None and runner.compile_s > 0
+    for tensor, value in zip(runner._state(), before, strict=True):
+        assert torch.equal(tensor, value)
+
+
+def test_int8_linear_is_the_dequantized_product():
+    torch.manual_seed(0)
+    weight = torch.randn(96, 64)
+    layer = Int8Linear(weight)
+    x = torch.randn(3, 5, 64)
+    dequantized = layer.weight_int8.float() * layer.scale.float()[:, None]  # [N, K]
+    torch.testing.assert_close(layer(x), x @ dequantized.T, rtol=1e-4, atol=1e-4)
+    # Per-channel symmetric: each row's largest weight is exactly +-127 steps, and the error is at most half a step.
+    assert layer.weight_int8.abs().amax(dim=1).eq(127).all()
+    assert ((dequantized - weight).abs() <= layer.scale.float()[:, None] / 2 + 1e-7).all()
+
+
+def test_int8_runner_quantizes_every_projection_and_stays_close():
+    model = build_tiny_random(seed=7)
+    reference = ModelRunner(build_tiny_random(seed=7), 1, torch.device("cpu"), torch.float32)
+    quantized = ModelRunner(model, 1, torch.device("cpu"), torch.float32, quantize="int8")
+    layers = [m for m in quantized.model.modules() if isinstance(m, Int8Linear)]
+    assert len(layers) == 4 * (TINY.backbone.num_layers + TINY.decoder.num_layers) + 1
+    assert not any(isinstance(m, torch.nn.Linear) for m in quantized.model.backbone.modules())
+    for runner in (reference, quantized):
+        _prefill_rows(runner, (30,), (1,))
+    with torch.inference_mode():
+        ref_logits = reference.model.codebook0_logits(reference.hidden[:1])
+        q_logits = quantized.model.codebook0_logits(quantized.hidden[:1])
+    relative = (q_logits - ref_logits).norm() / ref_logits.norm()
+    assert relative < 0.05, relative  # per-channel int8 on random weights: about 1 %
+
+
+def test_int8_is_refused_where_it_cannot_run():
+    with pytest.raises(ValueError, match="CPU only"):
+        ModelRunner(build_tiny_random(seed=7), 1, torch.device("meta"), torch.float32, quantize="int8")
+    with pytest.raises(ValueError, match="one of none, int8"):
+        ModelRunner(build_tiny_random(seed=7), 1, torch.device("cpu"), torch.float32, quantize="int4")
+    with pytest.raises(ValueError, match="one of none, int8"):
+        EngineConfig(quantize="int4")
+    with pytest.raises(RuntimeError, match="fuse the projections"):
+        quantize_int8(build_tiny_random(seed=7))
+
+
+def test_counting_top_k_picks_the_same_candidates_as_sorting():
+    """The compiled step finds the top-k candidates by bisection (Inductor has no CPU sort): the
+    same mask as sorting, ties, signed zeros and -inf included."""
+    generator = torch.Generator().manual_seed(0)
+    for trial in range(200):
+        x = torch.randn(4, 2051, generator=generator) * 10.0 ** torch.randint(-3, 4, (1,), generator=generator).item()
+        if trial % 3 == 0:
+            x = x.round()  # many ties
+        if trial % 5 == 0:
+            x[:, :7], x[:, 7:9], x[0, 10] = 0.0, -0.0, float("-inf")
+        k = torch.randint(1, 2052, (4,), generator=generator)
+        kth = x.sort(dim=-1, descending=True).values.gather(1, (k - 1).unsqueeze(1))
+        assert torch.equal(_at_least_kth_largest(x, k), x >= kth), trial
