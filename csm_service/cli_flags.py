@@ -93,7 +93,9 @@ ENGINE = FlagGroup(
             switch="store_false",
         ),
         Flag("compile_cache_dir", "CPU: where compiled code is cached across restarts (CSM_COMPILE_CACHE_DIR)"),
-        Flag("quantize", "int8: int8 weight-only projections, CPU only (CSM_QUANTIZE; default none)", choices=QUANT_MODES),
+        Flag(
+            "quantize", "int8: int8 weight-only projections, CPU only (CSM_QUANTIZE; default none)", choices=QUANT_MODES
+        ),
         Flag("seed", "seed of the tiny-random weights"),
         Flag("prefix_cache_mb", "voice-prompt KV cache, 0 = off (CSM_PREFIX_CACHE_MB, 1024)"),
         Flag(

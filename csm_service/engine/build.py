@@ -23,11 +23,12 @@ log = logging.getLogger(__name__)
 def build_codec(cfg: EngineConfig, entry: ModelEntry, device: torch.device) -> MimiCodec:
     """The entry's Mimi: random test-size, or trained weights (``--mimi-weights``, a file beside a
     local checkpoint directory, or moshi's file from the hub cache)."""
+    decode_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.mimi_dtype]
     if entry.random_mimi:
-        return MimiCodec(None, device, seed=cfg.seed, tiny=True)
+        return MimiCodec(None, device, seed=cfg.seed, tiny=True, decode_dtype=decode_dtype)
     local = Path(cfg.model).expanduser()
     weights = resolve_mimi_weights(cfg.mimi_weights, local if local.is_dir() else None)
-    return MimiCodec(weights, device, seed=cfg.seed)
+    return MimiCodec(weights, device, seed=cfg.seed, decode_dtype=decode_dtype)
 
 
 def build_engine(cfg: EngineConfig, start: bool = True) -> Engine:

@@ -12,8 +12,8 @@ where reading the whole cache instead would add more than a tenth to a step's we
 (engine/buckets.py): 14 graphs at max batch 64 instead of 28.
 
 On CPU the step reads exactly the filled cache, and its pieces are compiled with Inductor
-(engine/compiled.py; ``compile_cpu``): graphs with symbolic shapes, run at two rows or more, so
-the warm-up compiles the one shape served and no later batch size or cache length recompiles.
+(engine/compiled.py; ``compile_cpu``): graphs with symbolic shapes, one for a single row and one
+for more, both compiled before SERVING, so no later batch size or cache length recompiles.
 
 A row that is not active still computes in a batched step and writes its (ignored) K/V at its
 ``positions`` entry. An idle row's is 0 and its cache is rewritten by its next prefill; a row whose
@@ -50,11 +50,8 @@ __all__ = ["MIN_KV_BUCKET", "ModelRunner", "pick_device", "pick_dtype", "powers_
 
 log = logging.getLogger(__name__)
 
-# The cache the warm-up runs on, before the slots are sized: two rows, so a compiled step warms up
-# at the shape it serves with (a dimension of size 1 is a shape of its own to Inductor).
-WARM_UP_SLOTS = 2
-COMPILED_MIN_ROWS = 2  # a compiled step runs at least this many rows (an idle one is nearly free)
-MIN_COMPILE_KV = 3  # cache length of the compiling step: not 0 or 1, which Inductor would specialise
+WARM_UP_SLOTS = 1  # the cache the warm-up runs on, before the slots are sized
+MIN_COMPILE_KV = 3  # cache length of the compiling steps: not 0 or 1, which Inductor would specialise
 
 
 def pick_device(name: str) -> torch.device:
@@ -222,8 +219,6 @@ class ModelRunner:
         if self.graphs:
             n = round_up(num_rows, self.batch_buckets)
             self.graphs[(n, round_up(kv_len, self.graph_lengths[n]))].replay()
-        elif self.compiled:  # one compiled shape for every batch: never the size-1 specialisation
-            self.step_eager(max(num_rows, min(COMPILED_MIN_ROWS, self.max_batch)), kv_len)
         else:
             self.step_eager(num_rows, kv_len)
         return self.codes[:num_rows]
@@ -251,8 +246,8 @@ class ModelRunner:
 
         Largest first, all in one memory pool, so the smaller graphs reuse the largest's buffers.
         Warm-up and capture write only rows that are idle (their cache is rewritten by prefill).
-        On CPU with ``compile_cpu``: make sure the step is compiled for the final slot count (at
-        least two rows, see :meth:`step`); the state is restored the same way.
+        On CPU with ``compile_cpu``: compile the step for one row and for many; the state is
+        restored the same way.
         """
         if self.compiled:
             saved = [t.clone() for t in self._state()]
@@ -288,8 +283,11 @@ class ModelRunner:
         )
 
     def _compile_variants(self) -> None:
-        """One step at the compiled shape (already compiled by the warm-up unless the slots changed it)."""
-        self.step(1, min(MIN_COMPILE_KV, self.cfg.max_seq_len))
+        """A step at one row and, with room, at two: Inductor compiles a dimension of size 1 as a shape
+        of its own (padding one row to two instead doubles an fp32 product's time: oneDNN's
+        matrix-vector kernel serves one row only). The warm-up has compiled the first already."""
+        for rows in sorted({1, min(2, self.max_batch)}):
+            self.step_eager(rows, min(MIN_COMPILE_KV, self.cfg.max_seq_len))
 
     def _state(self) -> list[torch.Tensor]:
         return [self.hidden, self.positions, self.is_active, self.seeds, self.frame_index, self.temperature, self.top_k]

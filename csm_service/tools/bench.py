@@ -15,14 +15,17 @@ import json
 import sys
 import time
 
+import numpy as np
 import torch
 
 from csm_service.config import NAMED_CONFIGS
+from csm_service.core.constants import NUM_CODEBOOKS, NUM_MIMI_CODES
 from csm_service.engine.runner import ModelRunner
 from csm_service.tools import bench_engine, bench_prefill, bench_prefix, bench_twilio
 from csm_service.tools.bench_common import command_line, device_name
 
 WARMUP_FRAMES = 3  # both implementations get the same untimed run first
+GREEDY_FRAMES = 8  # int8 vs bf16: greedy codes compared over this many frames
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
@@ -36,13 +39,17 @@ def _prompt(text_vocab: int, length: int = 16) -> torch.Tensor:
     return torch.randint(0, min(text_vocab, 128_000), (length,), generator=g)
 
 
-def time_ours(runner: ModelRunner, ids: torch.Tensor, frames: int) -> dict[str, float]:
-    k = runner.cfg.num_codebooks
-    tokens = torch.zeros(len(ids), k + 1, dtype=torch.int64)
+def _prompt_rows(ids: torch.Tensor, num_codebooks: int) -> tuple[np.ndarray, np.ndarray]:
+    """Text ids -> prompt tokens, mask [S, K + 1] (the text column only)."""
+    tokens = torch.zeros(len(ids), num_codebooks + 1, dtype=torch.int64)
     tokens[:, -1] = ids
     mask = torch.zeros_like(tokens, dtype=torch.bool)
     mask[:, -1] = True
-    tokens_np, mask_np = tokens.numpy(), mask.numpy()
+    return tokens.numpy(), mask.numpy()
+
+
+def time_ours(runner: ModelRunner, ids: torch.Tensor, frames: int) -> dict[str, float]:
+    tokens_np, mask_np = _prompt_rows(ids, runner.cfg.num_codebooks)
 
     def run(n: int) -> tuple[float, float]:
         start = time.perf_counter()
@@ -88,6 +95,41 @@ def time_transformers(hf_model, ids: torch.Tensor, frames: int, device: torch.de
     return {"total_s": total_s, "ms_per_frame": 1000 * total_s / frames}
 
 
+def _variants(device: torch.device, dtype_name: str, args: argparse.Namespace) -> list[tuple[str, dict]]:
+    """Our runs for one dtype: (label, ModelRunner options). CPU: eager, compiled, and compiled with
+    int8 weights (bf16 only: the int8 kernel is fast with bf16 activations, slow with fp32 ones)."""
+    if device.type == "cuda":
+        return [("eager" if args.no_cuda_graphs else "cuda graphs", {"use_cuda_graphs": not args.no_cuda_graphs})]
+    out: list[tuple[str, dict]] = [("eager", {})]
+    if not args.no_compile:
+        out.append(("compiled", {"compile_cpu": True}))
+        if dtype_name == "bfloat16" and not args.no_int8:
+            out.append(("compiled+int8", {"compile_cpu": True, "quantize": "int8"}))
+    return out
+
+
+def _greedy_frames(runner: ModelRunner, ids: torch.Tensor, frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Greedy codes [frames, K] from the bench prompt, and codebook 0's logits after the prefill [V]."""
+    tokens, mask = _prompt_rows(ids, runner.cfg.num_codebooks)
+    runner.prefill(0, tokens, mask, seed=1, temperature=1.0, top_k=1)
+    with torch.inference_mode():
+        logits = runner.model.codebook0_logits(runner.hidden[:1])[0].float().clone()
+    codes = torch.stack([runner.step(1, len(ids) + i + 1)[0].clone() for i in range(frames)])
+    runner.release(0)
+    return codes, logits
+
+
+def _agreement(codes: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
+    """How far greedy codes [F, K] follow a reference run: whole frames alike before the first
+    difference (after it the two runs continue from different audio), and codes alike overall."""
+    alike = (codes == reference).all(dim=1).tolist()
+    leading = next((i for i, same in enumerate(alike) if not same), len(alike))
+    return {
+        "frames_identical_before_first_difference": leading,
+        "codes_equal_fraction": float((codes == reference).float().mean()),
+    }
+
+
 def bench_frame(args: argparse.Namespace) -> dict:
     from csm_service.model.loader import model_from_state_dict
     from csm_service.tools.peers.transformers_csm import build_hf_model
@@ -99,24 +141,31 @@ def bench_frame(args: argparse.Namespace) -> dict:
     hf_model.codec_model = None  # not used: both sides are timed on codes, Mimi is benchmarked apart
     ids = _prompt(cfg.text_vocab_size)
     rows = []
+    greedy: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # label -> (codes, logits) for int8's report
     for name in args.dtypes.split(","):
         dtype = DTYPES[name]
-        # A fresh model per dtype: the runner casts, fuses and (on CPU) prepacks it in place.
-        runner = ModelRunner(
-            model_from_state_dict(hf_model.state_dict(), cfg), 1, device, dtype, use_cuda_graphs=not args.no_cuda_graphs
-        )
-        runner.capture_graphs()  # no-op on CPU or with --no-cuda-graphs
-        mine = time_ours(runner, ids, args.frames)
-        mine["cuda_graphs"] = bool(runner.graphs)
-        row = {"dtype": name, "ours": mine, "real_time_factor": mine["ms_per_step"] / 80}
+        row: dict[str, object] = {"dtype": name, "variants": {}}
+        for label, options in _variants(device, name, args):
+            # A fresh model per run: the runner casts, fuses, prepacks or quantizes it in place.
+            runner = ModelRunner(model_from_state_dict(hf_model.state_dict(), cfg), 2, device, dtype, **options)
+            runner.capture_graphs()  # CUDA graphs, or on CPU the compile (timed: runner.compile_s)
+            mine = time_ours(runner, ids, args.frames)
+            mine["cuda_graphs"] = bool(runner.graphs)
+            mine["compile_s"] = runner.compile_s
+            if options.get("quantize") or label == "compiled":
+                greedy[f"{name} {label}"] = _greedy_frames(runner, ids, GREEDY_FRAMES)
+            row["variants"][label] = mine  # type: ignore[index]
+            del runner
+        # "ours": what serves by default (compiled on CPU, CUDA graphs on a GPU); every run in "variants"
+        served = "compiled" if "compiled" in row["variants"] else next(iter(row["variants"]))  # type: ignore[operator]
+        row["ours"] = row["variants"][served]  # type: ignore[index]
+        row["real_time_factor"] = row["ours"]["ms_per_step"] / 80  # type: ignore[index]
         if not args.no_peer:
             hf_model.to(device=device, dtype=dtype)
-            peer = time_transformers(hf_model, ids, args.frames, device)
-            row["transformers"] = peer
-            row["speedup_vs_transformers"] = peer["ms_per_frame"] / mine["ms_per_frame"]
+            row["transformers"] = peer = time_transformers(hf_model, ids, args.frames, device)
+            row["speedup_vs_transformers"] = peer["ms_per_frame"] / row["ours"]["ms_per_frame"]  # type: ignore[index]
         rows.append(row)
-        del runner
-    return {
+    result = {
         "benchmark": "frame",
         "config": cfg.name,
         "device": device_name(device),
@@ -127,21 +176,106 @@ def bench_frame(args: argparse.Namespace) -> dict:
         "command": command_line(),
         "results": rows,
     }
+    if "bfloat16 compiled+int8" in greedy and "bfloat16 compiled" in greedy:
+        result["int8_quality"] = _int8_quality(hf_model, cfg, ids, device, greedy)
+    if not args.no_mimi:
+        result["mimi"] = time_mimi(device, args.config, args.mimi_rows, args.frames)
+    return result
+
+
+def _int8_quality(hf_model, cfg, ids: torch.Tensor, device: torch.device, greedy: dict) -> dict:  # noqa: ANN001
+    """int8 against bf16 (greedy codes) and against fp32 (codebook 0's logits after the prompt)."""
+    from csm_service.model.loader import model_from_state_dict
+
+    fp32 = ModelRunner(model_from_state_dict(hf_model.float().state_dict(), cfg), 2, device, torch.float32)
+    fp32_codes, reference_logits = _greedy_frames(fp32, ids, GREEDY_FRAMES)
+    del fp32
+    int8_codes, int8_logits = greedy["bfloat16 compiled+int8"]
+    bf16_codes, bf16_logits = greedy["bfloat16 compiled"]
+
+    def deviation(logits: torch.Tensor) -> dict[str, float]:
+        diff = logits - reference_logits
+        return {"relative_l2": float(diff.norm() / reference_logits.norm()), "max_abs": float(diff.abs().max())}
+
+    return {
+        "greedy_frames": GREEDY_FRAMES,
+        "int8_vs_bf16": _agreement(int8_codes, bf16_codes),
+        "bf16_vs_fp32": _agreement(bf16_codes, fp32_codes),  # for scale: random weights give near-flat logits
+        "logits_vs_fp32": {"bf16": deviation(bf16_logits), "int8": deviation(int8_logits)},
+    }
+
+
+def time_mimi(device: torch.device, config: str, rows_list: str, frames: int) -> list[dict]:
+    """Mimi's batched streaming decode per 80 ms frame (random weights of the model's Mimi size), in
+    float32 and bfloat16 (``--mimi-dtype``), and how far bf16's audio is from fp32's (SNR, dB)."""
+    from csm_service.codec.mimi import MimiCodec
+
+    generator = torch.Generator().manual_seed(0)
+    sequence = torch.randint(0, NUM_MIMI_CODES, (frames, NUM_CODEBOOKS), generator=generator)  # [F, K]
+    out, audio = [], {}
+    for dtype in (torch.float32, torch.bfloat16):
+        codec = MimiCodec(None, device, seed=0, tiny=config == "tiny", decode_dtype=dtype)
+        for rows in (int(r) for r in rows_list.split(",")):
+            codec.start_streaming(rows)
+            active = torch.ones(rows, dtype=torch.bool, device=device)
+            for i in range(WARMUP_FRAMES):
+                codec.decode_step(sequence[i].expand(rows, -1).to(device), active)
+            codec.reset_rows(active)
+            pcm = []
+            _sync(device)
+            start = time.perf_counter()
+            for i in range(frames):
+                pcm.append(codec.decode_step(sequence[i].expand(rows, -1).to(device), active)[0].cpu())
+            _sync(device)
+            elapsed = time.perf_counter() - start
+            audio[dtype] = torch.cat(pcm)  # row 0, after a reset: the same stream in both dtypes
+            out.append(
+                {"dtype": str(dtype).removeprefix("torch."), "rows": rows, "ms_per_frame": 1000 * elapsed / frames}
+            )
+        del codec
+    reference, bf16 = audio[torch.float32].double(), audio[torch.bfloat16].double()
+    snr_db = float(10 * torch.log10(reference.pow(2).sum() / (bf16 - reference).pow(2).sum().clamp_min(1e-30)))
+    for row in out:
+        row["bf16_snr_db_vs_fp32"] = snr_db
+    return out
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
 
 
 def print_frame_table(result: dict) -> None:
     print(f"\n{result['config']} on {result['device']}, {result['frames']} frames, torch {result['torch']}")
-    print("| dtype | ours ms/frame | ours ms/step (no prefill) | real-time factor | transformers ms/frame | speed-up |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| dtype | ours | ms/frame | ms/step (no prefill) | compile s | transformers ms/frame | ours / transformers |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    peers = {r["dtype"]: r.get("transformers", {}).get("ms_per_frame") for r in result["results"]}
     for r in result["results"]:
-        peer = r.get("transformers", {}).get("ms_per_frame")
-        peer_text = f"{peer:.0f}" if peer else "-"
-        speedup = f"{r['speedup_vs_transformers']:.2f}x" if peer else "-"
-        ours = r["ours"]
+        peer = peers[r["dtype"]]
+        for label, ours in r.get("variants", {"ours": r["ours"]}).items():
+            ratio = f"{ours['ms_per_frame'] / peer:.2f}x" if peer else "-"
+            print(
+                f"| {r['dtype']} | {label} | {ours['ms_per_frame']:.1f} | {ours['ms_per_step']:.1f} | "
+                f"{_seconds(ours.get('compile_s'))} | {f'{peer:.0f}' if peer else '-'} | {ratio} |"
+            )
+    quality = result.get("int8_quality")
+    if quality:
+        agree, logits = quality["int8_vs_bf16"], quality["logits_vs_fp32"]
         print(
-            f"| {r['dtype']} | {ours['ms_per_frame']:.1f} | {ours['ms_per_step']:.1f} | {r['real_time_factor']:.3f} | "
-            f"{peer_text} | {speedup} |"
+            f"int8 vs bf16, {quality['greedy_frames']} greedy frames: {agree['frames_identical_before_first_difference']} "
+            f"identical before the first difference, {100 * agree['codes_equal_fraction']:.1f} % of codes equal "
+            f"(bf16 vs fp32: {quality['bf16_vs_fp32']['frames_identical_before_first_difference']}, "
+            f"{100 * quality['bf16_vs_fp32']['codes_equal_fraction']:.1f} %); "
+            f"codebook-0 logits vs fp32 (relative L2): bf16 {logits['bf16']['relative_l2']:.4f}, "
+            f"int8 {logits['int8']['relative_l2']:.4f}"
         )
+    for m in result.get("mimi", []):
+        print(
+            f"Mimi streaming decode, {m.get('dtype', 'float32')}, {m['rows']} rows: {m['ms_per_frame']:.1f} ms per 80 ms frame"
+        )
+    if result.get("mimi"):
+        print(f"Mimi bf16 audio vs fp32: SNR {result['mimi'][0]['bf16_snr_db_vs_fp32']:.1f} dB (random weights)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -154,6 +288,10 @@ def main(argv: list[str] | None = None) -> int:
     frame.add_argument("--frames", type=int, default=16)
     frame.add_argument("--no-peer", action="store_true", help="skip transformers")
     frame.add_argument("--no-cuda-graphs", action="store_true", help="ours eager on CUDA")
+    frame.add_argument("--no-compile", action="store_true", help="CPU: eager only")
+    frame.add_argument("--no-int8", action="store_true", help="CPU: skip compiled+int8 (bf16)")
+    frame.add_argument("--no-mimi", action="store_true", help="skip Mimi's decode timing")
+    frame.add_argument("--mimi-rows", default="1,4,8", help="Mimi decode: rows (streams) per call")
     frame.add_argument("--json", help="also write the JSON here")
     bench_engine.add_parser(sub)
     bench_prefix.add_parser(sub)

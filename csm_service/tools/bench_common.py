@@ -32,8 +32,18 @@ def build_random_engine(config: str, cfg: EngineConfig) -> Engine:
         model = CSM(NAMED_CONFIGS[config])
         for p in model.parameters():
             torch.nn.init.normal_(p, std=0.02)
-    codec = MimiCodec(None, device, seed=cfg.seed, tiny=config == "tiny")
-    runner = ModelRunner(model, WARM_UP_SLOTS, device, dtype, use_cuda_graphs=cfg.use_cuda_graphs)
+    mimi_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.mimi_dtype]
+    codec = MimiCodec(None, device, seed=cfg.seed, tiny=config == "tiny", decode_dtype=mimi_dtype)
+    runner = ModelRunner(
+        model,
+        WARM_UP_SLOTS,
+        device,
+        dtype,
+        use_cuda_graphs=cfg.use_cuda_graphs,
+        compile_cpu=cfg.compile_cpu,
+        compile_cache_dir=cfg.compile_cache_dir,
+        quantize=cfg.quantize,
+    )
     engine = Engine(runner, codec, ByteTokenizer(), cfg)
     engine.start()
     return engine

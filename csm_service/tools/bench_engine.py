@@ -79,6 +79,9 @@ def bench_engine(args: argparse.Namespace) -> dict:
         first_chunk_frames=1,
         chunk_frames=args.chunk_frames,
         use_cuda_graphs=not args.no_cuda_graphs,
+        compile_cpu=not args.no_compile,
+        quantize=args.quantize,
+        mimi_dtype=args.mimi_dtype,
     )
     started = time.perf_counter()
     engine, model_name = make_engine(args.config, cfg)
@@ -112,6 +115,9 @@ def bench_engine(args: argparse.Namespace) -> dict:
         "device": device_name(device),
         "dtype": str(engine.runner.dtype).removeprefix("torch."),
         "cuda_graphs": bool(engine.runner.graphs),
+        "compiled": engine.runner.compiled,
+        "quantize": engine.runner.quantize,
+        "mimi_dtype": args.mimi_dtype,
         "torch": torch.__version__,
         "date": dt.date.today().isoformat(),
         "command": command_line(),
@@ -125,7 +131,10 @@ def bench_engine(args: argparse.Namespace) -> dict:
 
 
 def print_engine_table(r: dict) -> None:
-    print(f"\n{r['model']} on {r['device']} ({r['dtype']}, CUDA graphs {'on' if r['cuda_graphs'] else 'off'})")
+    mode = "CUDA graphs" if r["cuda_graphs"] else ("compiled" if r.get("compiled") else "eager")
+    quantized = f", {r['quantize']} weights" if r.get("quantize", "none") != "none" else ""
+    quantized += f", Mimi {r['mimi_dtype']}" if r.get("mimi_dtype", "float32") != "float32" else ""
+    print(f"\n{r['model']} on {r['device']} ({r['dtype']}, {mode}{quantized})")
     print(
         f"time to first audio (engine, short sentence, no context): {r['ttfa_ms_median']:.1f} ms; "
         f"single stream {r['single_stream_ms_per_frame']:.1f} ms per 80 ms frame "
@@ -146,9 +155,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", choices=sorted(NAMED_CONFIGS), help="random weights of this shape instead")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
-    p.add_argument("--concurrency", default="1,4,16", help="stream counts, e.g. 1,8,32,64,128")
+    p.add_argument("--concurrency", default="1,4,8,16", help="stream counts, e.g. 1,8,32,64,128")
     p.add_argument("--audio-ms", type=int, default=2000, help="audio per request in the ladder")
     p.add_argument("--chunk-frames", type=int, default=4)
     p.add_argument("--repeats", type=int, default=5, help="time-to-first-audio samples")
     p.add_argument("--no-cuda-graphs", action="store_true")
+    p.add_argument("--no-compile", action="store_true", help="CPU: the eager frame step")
+    p.add_argument("--quantize", default="none", choices=("none", "int8"), help="CPU: int8 weight-only projections")
+    p.add_argument("--mimi-dtype", default="float32", choices=("float32", "bfloat16"), help="Mimi's decode")
     p.add_argument("--json", help="also write the JSON here")

@@ -80,7 +80,7 @@ def test_greedy_codes_match_transformers(reference, naming, compiled, inductor_c
     if compiled and find_cxx() is None:
         pytest.skip("no C++ compiler: Inductor cannot compile the CPU step")
     model = _load(reference, naming)
-    runner = ModelRunner(  # three slots as in test_compiled_step: the same compiled graphs, a cache hit
+    runner = ModelRunner(  # three slots as in test_compiled_step: the same compiled graph, a cache hit
         model,
         max_batch=3,
         device=torch.device("cpu"),

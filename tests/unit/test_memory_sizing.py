@@ -23,7 +23,7 @@ from csm_service.engine.memory import (
     read_meminfo,
     weight_bytes,
 )
-from csm_service.engine.runner import WARM_UP_SLOTS, ModelRunner
+from csm_service.engine.runner import ModelRunner
 from csm_service.model.loader import build_tiny_random
 
 GiB, MiB = 1 << 30, 1 << 20
@@ -171,8 +171,7 @@ def test_engine_sizes_its_slots_after_warm_up(monkeypatch):
     engine = build_engine(EngineConfig(model="tiny-random", compile_cpu=False, max_batch=64, prefix_cache_mb=0))
     try:
         expected = int((600 * MiB - 0.1 * GiB - 10 * MiB) // (kv_bytes_per_slot(TINY, 4) + 10 * MiB))
-        # warmed on the warm-up cache (two rows: the compiled step's shape), measured on none
-        assert warm_up_slots == [WARM_UP_SLOTS] == [2] and FakeProbe.slots_when_measured == [0]
+        assert warm_up_slots == [1] and FakeProbe.slots_when_measured == [0]  # warmed on 1, measured on none
         assert engine.num_slots == expected == 40
         assert engine.runner.num_slots == expected and engine.scheduler.num_free == expected
         assert engine.codec._stream_rows == expected and engine._decode_codes.shape[0] == expected
