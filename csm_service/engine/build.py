@@ -15,15 +15,19 @@ from csm_service.codec.mimi import MimiCodec, resolve_mimi_weights
 from csm_service.config import EngineConfig
 from csm_service.engine.engine import Engine
 from csm_service.engine.runner import WARM_UP_SLOTS, ModelRunner, pick_device, pick_dtype
+from csm_service.model.csm import CSM
 from csm_service.model.registry import ModelEntry, model_entry
 
 log = logging.getLogger(__name__)
 
 
+MIMI_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}  # EngineConfig.mimi_dtype
+
+
 def build_codec(cfg: EngineConfig, entry: ModelEntry, device: torch.device) -> MimiCodec:
     """The entry's Mimi: random test-size, or trained weights (``--mimi-weights``, a file beside a
     local checkpoint directory, or moshi's file from the hub cache)."""
-    decode_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.mimi_dtype]
+    decode_dtype = MIMI_DTYPES[cfg.mimi_dtype]
     if entry.random_mimi:
         return MimiCodec(None, device, seed=cfg.seed, tiny=True, decode_dtype=decode_dtype)
     local = Path(cfg.model).expanduser()
@@ -31,15 +35,10 @@ def build_codec(cfg: EngineConfig, entry: ModelEntry, device: torch.device) -> M
     return MimiCodec(weights, device, seed=cfg.seed, decode_dtype=decode_dtype)
 
 
-def build_engine(cfg: EngineConfig, start: bool = True) -> Engine:
-    device = pick_device(cfg.device)
-    dtype = pick_dtype(cfg.dtype, device)
-    log.info("loading model %s on %s (%s)", cfg.model, device, dtype)
-    entry = model_entry(cfg.model)
-    model, tokenizer = entry.load(cfg.model, cfg.seed, dtype)  # on CPU, each tensor cast as it is read
-    codec = build_codec(cfg, entry, device)
-    # A one-slot cache for the warm-up; Engine.start() sizes the slots from free memory (max_batch at most).
-    runner = ModelRunner(
+def build_runner(cfg: EngineConfig, model: CSM, device: torch.device, dtype: torch.dtype) -> ModelRunner:
+    """The runner as ``cfg`` asks (graphs, compile, quantization), on a one-slot warm-up cache:
+    Engine.start() sizes the slots from free memory (max_batch at most)."""
+    return ModelRunner(
         model,
         WARM_UP_SLOTS,
         device,
@@ -49,7 +48,16 @@ def build_engine(cfg: EngineConfig, start: bool = True) -> Engine:
         compile_cache_dir=cfg.compile_cache_dir,
         quantize=cfg.quantize,
     )
-    engine = Engine(runner, codec, tokenizer, cfg)
+
+
+def build_engine(cfg: EngineConfig, start: bool = True) -> Engine:
+    device = pick_device(cfg.device)
+    dtype = pick_dtype(cfg.dtype, device)
+    log.info("loading model %s on %s (%s)", cfg.model, device, dtype)
+    entry = model_entry(cfg.model)
+    model, tokenizer = entry.load(cfg.model, cfg.seed, dtype)  # on CPU, each tensor cast as it is read
+    codec = build_codec(cfg, entry, device)
+    engine = Engine(build_runner(cfg, model, device, dtype), codec, tokenizer, cfg)
     if start:
         engine.start()
     return engine

@@ -1,13 +1,16 @@
-"""The frame step compiled for the CPU with TorchInductor: its pieces (engine/frame.py), each one
-graph with symbolic batch size, cache length and codebook, so no shape ever recompiles.
+"""The frame step compiled for the CPU with TorchInductor: its pieces (engine/frame.py) as graphs
+with symbolic batch size, cache length and codebook. Inductor compiles a dimension of size 1 as a
+shape of its own, so there are two sets, one row and many rows (the runner compiles both before
+SERVING); no other shape recompiles.
 
 On CPU a frame is bound by operator dispatch as much as by weight reads: ~3,700 small operators,
 ~150 ms of each full-size frame and nearly all of a test-size one. Compiled, each piece is one call
 into generated C++ that fuses the elementwise work (the counter-based noise, sampling, norms,
 RoPE, masks) around the matrix products.
 
-Compiled code is cached on disk (``compile_cache_dir``; Inductor's FX graph cache), so a restart
-reuses it instead of compiling again. ``--no-compile`` runs the same pieces eagerly.
+Compiled code is cached on disk (``compile_cache_dir``; Inductor's FX graph cache): a restart
+skips Inductor's code generation (dynamo still traces). ``--no-compile`` runs the same pieces
+eagerly, and so does a machine with no C++ compiler.
 """
 
 from __future__ import annotations
@@ -29,8 +32,6 @@ log = logging.getLogger(__name__)
 
 CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
 DYNAMO_CACHE_LIMIT = 64  # graphs per piece before dynamo gives up and runs it eagerly (a few are used)
-
-
 CXX_CANDIDATES = ("g++", "c++", "clang++")  # what Inductor's C++ builder looks for when CXX is unset
 
 

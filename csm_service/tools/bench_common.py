@@ -21,7 +21,8 @@ VOICE_TRANSCRIPT = "Hi, this is Sam from the front desk, and this is how I sound
 def build_random_engine(config: str, cfg: EngineConfig) -> Engine:
     """An engine on random weights of a named model shape (no checkpoint needed)."""
     from csm_service.codec.mimi import MimiCodec
-    from csm_service.engine.runner import WARM_UP_SLOTS, ModelRunner, pick_device, pick_dtype
+    from csm_service.engine.build import MIMI_DTYPES, build_runner
+    from csm_service.engine.runner import pick_device, pick_dtype
     from csm_service.model.csm import CSM
     from csm_service.model.tokenizer import ByteTokenizer
 
@@ -32,18 +33,8 @@ def build_random_engine(config: str, cfg: EngineConfig) -> Engine:
         model = CSM(NAMED_CONFIGS[config])
         for p in model.parameters():
             torch.nn.init.normal_(p, std=0.02)
-    mimi_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.mimi_dtype]
-    codec = MimiCodec(None, device, seed=cfg.seed, tiny=config == "tiny", decode_dtype=mimi_dtype)
-    runner = ModelRunner(
-        model,
-        WARM_UP_SLOTS,
-        device,
-        dtype,
-        use_cuda_graphs=cfg.use_cuda_graphs,
-        compile_cpu=cfg.compile_cpu,
-        compile_cache_dir=cfg.compile_cache_dir,
-        quantize=cfg.quantize,
-    )
+    codec = MimiCodec(None, device, seed=cfg.seed, tiny=config == "tiny", decode_dtype=MIMI_DTYPES[cfg.mimi_dtype])
+    runner = build_runner(cfg, model, device, dtype)
     engine = Engine(runner, codec, ByteTokenizer(), cfg)
     engine.start()
     return engine
