@@ -19,19 +19,13 @@ import numpy as np
 import torch
 
 from csm_service.config import NAMED_CONFIGS
-from csm_service.core.constants import NUM_CODEBOOKS, NUM_MIMI_CODES
 from csm_service.engine.runner import ModelRunner
-from csm_service.tools import bench_engine, bench_prefill, bench_prefix, bench_twilio
-from csm_service.tools.bench_common import command_line, device_name
+from csm_service.tools import bench_engine, bench_mimi, bench_prefill, bench_prefix, bench_twilio
+from csm_service.tools.bench_common import command_line, device_name, synchronize
 
 WARMUP_FRAMES = 3  # both implementations get the same untimed run first
 GREEDY_FRAMES = 8  # int8 vs bf16: greedy codes compared over this many frames
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _prompt(text_vocab: int, length: int = 16) -> torch.Tensor:
@@ -54,12 +48,12 @@ def time_ours(runner: ModelRunner, ids: torch.Tensor, frames: int) -> dict[str, 
     def run(n: int) -> tuple[float, float]:
         start = time.perf_counter()
         runner.prefill(0, tokens_np, mask_np, seed=1, temperature=0.9, top_k=50)
-        _sync(runner.device)
+        synchronize(runner.device)
         after_prefill = time.perf_counter()
         for i in range(n):
             codes = runner.step(1, len(ids) + i + 1)
         codes.cpu()
-        _sync(runner.device)
+        synchronize(runner.device)
         return after_prefill - start, time.perf_counter() - start
 
     run(WARMUP_FRAMES)
@@ -86,7 +80,7 @@ def time_transformers(hf_model, ids: torch.Tensor, frames: int, device: torch.de
     def run(n: int) -> float:
         start = time.perf_counter()
         out = hf_model.generate(input_ids=input_ids, max_new_tokens=n, min_new_tokens=n, **kwargs)
-        _sync(device)
+        synchronize(device)
         assert out.shape[1] == n, out.shape
         return time.perf_counter() - start
 
@@ -179,7 +173,7 @@ def bench_frame(args: argparse.Namespace) -> dict:
     if "bfloat16 compiled+int8" in greedy and "bfloat16 compiled" in greedy:
         result["int8_quality"] = _int8_quality(hf_model, cfg, ids, device, greedy)
     if not args.no_mimi:
-        result["mimi"] = time_mimi(device, args.config, args.mimi_rows, args.frames)
+        result["mimi"] = bench_mimi.time_mimi(device, args.config, args.mimi_rows, args.frames)
     return result
 
 
@@ -203,41 +197,6 @@ def _int8_quality(hf_model, cfg, ids: torch.Tensor, device: torch.device, greedy
         "bf16_vs_fp32": _agreement(bf16_codes, fp32_codes),  # for scale: random weights give near-flat logits
         "logits_vs_fp32": {"bf16": deviation(bf16_logits), "int8": deviation(int8_logits)},
     }
-
-
-def time_mimi(device: torch.device, config: str, rows_list: str, frames: int) -> list[dict]:
-    """Mimi's batched streaming decode per 80 ms frame (random weights of the model's Mimi size), in
-    float32 and bfloat16 (``--mimi-dtype``), and how far bf16's audio is from fp32's (SNR, dB)."""
-    from csm_service.codec.mimi import MimiCodec
-
-    generator = torch.Generator().manual_seed(0)
-    sequence = torch.randint(0, NUM_MIMI_CODES, (frames, NUM_CODEBOOKS), generator=generator)  # [F, K]
-    out, audio = [], {}
-    for dtype in (torch.float32, torch.bfloat16):
-        codec = MimiCodec(None, device, seed=0, tiny=config == "tiny", decode_dtype=dtype)
-        for rows in (int(r) for r in rows_list.split(",")):
-            codec.start_streaming(rows)
-            active = torch.ones(rows, dtype=torch.bool, device=device)
-            for i in range(WARMUP_FRAMES):
-                codec.decode_step(sequence[i].expand(rows, -1).to(device), active)
-            codec.reset_rows(active)
-            pcm = []
-            _sync(device)
-            start = time.perf_counter()
-            for i in range(frames):
-                pcm.append(codec.decode_step(sequence[i].expand(rows, -1).to(device), active)[0].cpu())
-            _sync(device)
-            elapsed = time.perf_counter() - start
-            audio[dtype] = torch.cat(pcm)  # row 0, after a reset: the same stream in both dtypes
-            out.append(
-                {"dtype": str(dtype).removeprefix("torch."), "rows": rows, "ms_per_frame": 1000 * elapsed / frames}
-            )
-        del codec
-    reference, bf16 = audio[torch.float32].double(), audio[torch.bfloat16].double()
-    snr_db = float(10 * torch.log10(reference.pow(2).sum() / (bf16 - reference).pow(2).sum().clamp_min(1e-30)))
-    for row in out:
-        row["bf16_snr_db_vs_fp32"] = snr_db
-    return out
 
 
 def _seconds(value: float | None) -> str:

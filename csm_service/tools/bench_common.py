@@ -49,6 +49,12 @@ def make_engine(config: str | None, cfg: EngineConfig) -> tuple[Engine, str]:
     return build_engine(cfg), cfg.model
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (timings on a GPU); nothing to wait for on CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def device_name(device: torch.device) -> str:
     """The GPU's name, or the CPU's with its thread count."""
     from csm_service.engine.device_info import device_info
