@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import threading
 import weakref
 
 import torch
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 
 _PACKED: dict[int, torch.Tensor] = {}  # handle -> oneDNN weight, while its PackedLinear lives
 _handles = itertools.count()
+_handle_lock = threading.RLock()  # a PackedHeads' handles are consecutive even if threads pack at once
 
 
 @torch.library.custom_op("csm::packed_linear", mutates_args=())
@@ -52,7 +54,8 @@ class PackedLinear(nn.Module):
         super().__init__()
         self.out_features, self.in_features = weight.shape
         self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), 1)
-        self.handle = next(_handles)
+        with _handle_lock:
+            self.handle = next(_handles)
         _PACKED[self.handle] = self.packed
         weakref.finalize(self, _PACKED.pop, self.handle, None)
 
@@ -70,7 +73,8 @@ class PackedHeads(nn.Module):
 
     def __init__(self, audio_head: torch.Tensor) -> None:  # [K - 1, d, V]
         super().__init__()
-        self.linears = nn.ModuleList(PackedLinear(w.t()) for w in audio_head)
+        with _handle_lock:
+            self.linears = nn.ModuleList(PackedLinear(w.t()) for w in audio_head)
         self.first_handle = self.linears[0].handle
         self.vocab_size = audio_head.shape[-1]
         if [lin.handle for lin in self.linears] != list(range(self.first_handle, self.first_handle + len(audio_head))):

@@ -17,6 +17,7 @@ from csm_service.config import TINY, EngineConfig
 from csm_service.engine.compiled import find_cxx
 from csm_service.engine.runner import ModelRunner
 from csm_service.engine.sampling import _at_least_kth_largest
+from csm_service.model.fuse import PackedHeads, PackedLinear, can_pack_cpu
 from csm_service.model.loader import build_tiny_random
 from csm_service.model.quantize import Int8Linear, quantize_int8
 
@@ -131,3 +132,21 @@ def test_counting_top_k_picks_the_same_candidates_as_sorting():
         k = torch.randint(1, 2052, (4,), generator=generator)
         kth = x.sort(dim=-1, descending=True).values.gather(1, (k - 1).unsqueeze(1))
         assert torch.equal(_at_least_kth_largest(x, k), x >= kth), trial
+
+
+@needs_cxx
+@pytest.mark.skipif(not can_pack_cpu(), reason="no oneDNN linear kernels in this torch build")
+def test_packed_weights_trace_through_the_custom_op(inductor_cache):
+    """Prepacked oneDNN weights (full-size models) inside a compiled graph: the custom op gives the
+    eager product, and one graph serves every codebook's head (the codebook is symbolic)."""
+    torch.manual_seed(0)
+    linear = PackedLinear(torch.randn(48, 32))
+    heads = PackedHeads(torch.randn(5, 32, 40))  # [K - 1, d, V]
+    x = torch.randn(3, 32)
+    compiled_linear = torch.compile(lambda h: torch.nn.functional.silu(linear(h)), dynamic=True, fullgraph=True)
+    torch.testing.assert_close(compiled_linear(x), torch.nn.functional.silu(linear(x)), rtol=1e-5, atol=1e-5)
+    compiled_heads = torch.compile(lambda cb, h: heads(cb, h) * 2, dynamic=True, fullgraph=True)
+    torch._dynamo.utils.counters.clear()
+    for codebook in range(1, 6):
+        torch.testing.assert_close(compiled_heads(codebook, x), heads(codebook, x) * 2, rtol=1e-5, atol=1e-5)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] <= 2  # codebook 1 specialised, then one for all
