@@ -21,13 +21,10 @@ from csm_service.model.registry import ModelEntry, model_entry
 log = logging.getLogger(__name__)
 
 
-MIMI_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}  # EngineConfig.mimi_dtype
-
-
 def build_codec(cfg: EngineConfig, entry: ModelEntry, device: torch.device) -> MimiCodec:
     """The entry's Mimi: random test-size, or trained weights (``--mimi-weights``, a file beside a
     local checkpoint directory, or moshi's file from the hub cache)."""
-    decode_dtype = MIMI_DTYPES[cfg.mimi_dtype]
+    decode_dtype = pick_dtype(cfg.mimi_dtype, device)  # a dtype name, checked by EngineConfig
     if entry.random_mimi:
         return MimiCodec(None, device, seed=cfg.seed, tiny=True, decode_dtype=decode_dtype)
     local = Path(cfg.model).expanduser()

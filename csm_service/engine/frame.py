@@ -50,11 +50,6 @@ def start_frame(
     return noise, model.codebook0_logits(hidden)
 
 
-def sample(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-    """One codebook's codes [B] from its logits [B, V] and uniforms [B, V] (engine/sampling.py)."""
-    return sample_topk(logits, temperature, top_k, noise)
-
-
 def first_depth_step(model: CSM, num_rows: int, hidden: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
     """The decoder on [hidden, codebook 0's code] (positions 0, 1) -> codebook 1's logits [B, V]."""
     x = torch.stack([hidden, model.embed_code(0, code)], dim=1)  # [B, 2, D]
@@ -89,7 +84,7 @@ class FramePieces:
     """The pieces of a frame: plain functions, or the same compiled (engine/compiled.py)."""
 
     start: Callable[..., tuple[torch.Tensor, torch.Tensor]] = start_frame
-    sample: Callable[..., torch.Tensor] = sample
+    sample: Callable[..., torch.Tensor] = sample_topk  # engine/sampling.py
     first_depth: Callable[..., torch.Tensor] = first_depth_step
     depth: Callable[..., torch.Tensor] = depth_step
     advance: Callable[..., torch.Tensor] = _advance

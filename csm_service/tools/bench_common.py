@@ -21,7 +21,7 @@ VOICE_TRANSCRIPT = "Hi, this is Sam from the front desk, and this is how I sound
 def build_random_engine(config: str, cfg: EngineConfig) -> Engine:
     """An engine on random weights of a named model shape (no checkpoint needed)."""
     from csm_service.codec.mimi import MimiCodec
-    from csm_service.engine.build import MIMI_DTYPES, build_runner
+    from csm_service.engine.build import build_runner
     from csm_service.engine.runner import pick_device, pick_dtype
     from csm_service.model.csm import CSM
     from csm_service.model.tokenizer import ByteTokenizer
@@ -33,7 +33,9 @@ def build_random_engine(config: str, cfg: EngineConfig) -> Engine:
         model = CSM(NAMED_CONFIGS[config])
         for p in model.parameters():
             torch.nn.init.normal_(p, std=0.02)
-    codec = MimiCodec(None, device, seed=cfg.seed, tiny=config == "tiny", decode_dtype=MIMI_DTYPES[cfg.mimi_dtype])
+    codec = MimiCodec(
+        None, device, seed=cfg.seed, tiny=config == "tiny", decode_dtype=pick_dtype(cfg.mimi_dtype, device)
+    )
     runner = build_runner(cfg, model, device, dtype)
     engine = Engine(runner, codec, ByteTokenizer(), cfg)
     engine.start()

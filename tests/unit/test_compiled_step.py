@@ -136,7 +136,7 @@ def test_counting_top_k_picks_the_same_candidates_as_sorting():
 
 @needs_cxx
 @pytest.mark.skipif(not can_pack_cpu(), reason="no oneDNN linear kernels in this torch build")
-def test_packed_weights_trace_through_the_custom_op(inductor_cache):
+def test_packed_weights_trace_through_the_custom_op():
     """Prepacked oneDNN weights (full-size models) inside a compiled graph: the custom op gives the
     eager product, and one graph serves every codebook's head (the codebook is symbolic)."""
     torch.manual_seed(0)
