@@ -1,60 +1,70 @@
 # syntax=docker/dockerfile:1.7
 # csm-service on a CUDA GPU: `docker build -t csm-service .`
-# Bake the gated weights into the image (optional; otherwise they load from the mounted HF cache):
+# Bake the gated weights into the image (optional; otherwise they load from a mounted HF cache):
 #   docker build --secret id=hf_token,env=HF_TOKEN -t csm-service .
 # The token is a build secret, not a build argument, so it never lands in the image or its history.
+#
+# CUDA comes with the torch wheel (its nvidia-* packages: runtime, cuBLAS, cuDNN, NCCL...); the
+# driver comes from the host through the NVIDIA container toolkit. So the base is plain Python: an
+# nvidia/cuda base would ship a second copy of the CUDA libraries that nothing loads.
+# Layers from the least to the most often changed: Python, torch, moshi, the dependencies that
+# pyproject.toml names, (weights), the package itself; a source change rebuilds only the last.
 
-ARG CUDA_RUNTIME=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
+ARG PYTHON_IMAGE=python:3.12-slim-bookworm
 
-# --- build: a virtual environment with CUDA torch, moshi (Mimi) and csm-service --------------------
-FROM ${CUDA_RUNTIME} AS build
+# --- deps: a venv with CUDA torch, moshi (Mimi) and csm-service's dependencies, no source --------
+FROM ${PYTHON_IMAGE} AS deps
 ARG TORCH_VERSION=2.11.0
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cu128
 ARG MOSHI_VERSION=0.2.13
-ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-# The distribution's Python (3.12 on Ubuntu 24.04) follows the pinned base image's updates.
-# hadolint ignore=DL3008
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3 python3-venv \
-    && rm -rf /var/lib/apt/lists/*
-ENV PATH=/opt/venv/bin:$PATH
+ENV PATH=/opt/venv/bin:$PATH PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN --mount=type=cache,target=/root/.cache/pip \
+    python -m venv /opt/venv \
+    && pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX}"
 # moshi pins torch<2.10 and more; only its Mimi code is used, so it is installed without deps and
-# the packages it really uses come with csm-service's [engine] extra.
-RUN python3 -m venv /opt/venv \
-    && pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX}" \
-    && pip install --no-deps "moshi==${MOSHI_VERSION}"
+# the packages it really uses come with csm-service's [engine] extra. Its own layer: a moshi bump
+# must not rebuild the torch layer (GBs).
+# hadolint ignore=DL3059
+RUN --mount=type=cache,target=/root/.cache/pip \
+    pip install --no-deps "moshi==${MOSHI_VERSION}"
+# The dependencies (core and [engine]) as pyproject.toml bounds them, read from that file alone, and
+# the RunPod SDK, pinned. torch is already there and satisfies [engine]'s bound.
+COPY pyproject.toml /tmp/pyproject.toml
+RUN --mount=type=cache,target=/root/.cache/pip \
+    python -c "import tomllib; p = tomllib.load(open('/tmp/pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['engine']))" > /tmp/requirements.txt \
+    && pip install --requirement /tmp/requirements.txt "runpod==1.12.0"
+
+# --- wheel: the package itself, built from the source -------------------------------------------
+FROM deps AS wheel
 WORKDIR /src
 COPY pyproject.toml README.md ./
-COPY protos ./protos
 COPY csm_service ./csm_service
-COPY runpod ./runpod
-# The package itself (versions bounded in pyproject.toml) and the RunPod SDK, pinned.
-# hadolint ignore=DL3013
-RUN pip install ".[engine]" "runpod==1.12.0"
+RUN --mount=type=cache,target=/root/.cache/pip \
+    pip wheel --no-deps --wheel-dir /wheels .
 
 # --- weights: baked only when the hf_token secret is given ----------------------------------------
-FROM build AS weights
+# Downloads go to a build cache (one per MODEL), so a source change re-runs `fetch` without
+# downloading again; the cache is copied out with its timestamps, so the runtime's weights layer
+# comes out the same and is not pushed again.
+FROM wheel AS weights
 ARG MODEL=sesame/csm-1b
-ENV HF_HOME=/opt/hf
 RUN --mount=type=secret,id=hf_token,required=false \
+    --mount=type=cache,target=/hf-cache,id=csm-hf-${MODEL} \
     mkdir -p /opt/hf \
     && if [ -s /run/secrets/hf_token ]; then \
-         HF_TOKEN="$(cat /run/secrets/hf_token)" python -m csm_service.cli fetch --model "${MODEL}"; \
+         HF_HOME=/hf-cache HF_TOKEN="$(cat /run/secrets/hf_token)" python -m csm_service.cli fetch --model "${MODEL}" \
+         && cp -a /hf-cache/hub /opt/hf/; \
        else echo "no hf_token secret: weights are not baked in"; fi
 
 # --- runtime -------------------------------------------------------------------------------------
-FROM ${CUDA_RUNTIME} AS runtime
-# hadolint ignore=DL3008
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3 \
-    && rm -rf /var/lib/apt/lists/* \
-    && useradd --create-home --uid 10001 csm
-COPY --from=build /opt/venv /opt/venv
-COPY --from=build /src/runpod /opt/csm/runpod
+FROM ${PYTHON_IMAGE} AS runtime
+RUN useradd --create-home --uid 10001 csm && mkdir -p /data && chown csm:csm /data
+COPY --from=deps /opt/venv /opt/venv
 COPY --from=weights --chown=csm:csm /opt/hf /home/csm/.cache/huggingface
 # No compiler here, so no torch.compile: moshi's lazy compile of Mimi's small functions would need
 # gcc and Python headers at run time (Inductor/Triton). Its CUDA graphs still run; the codec turns
 # the compile off in code as well (docs/deploy.md, "The image").
+# Writable at run time: /data (voice profiles) and /tmp; the rest may be mounted read-only.
 ENV PATH=/opt/venv/bin:$PATH \
     NO_TORCH_COMPILE=1 \
     PYTHONUNBUFFERED=1 \
@@ -62,14 +72,17 @@ ENV PATH=/opt/venv/bin:$PATH \
     CSM_DATA_DIR=/data \
     CSM_HOST=0.0.0.0 \
     CSM_PORT=8000 \
-    CSM_GRPC_PORT=50051
-RUN mkdir -p /data && chown csm:csm /data
+    CSM_GRPC_PORT=50051 \
+    CSM_METRICS_PORT=9100
+# HTTP/WebSocket edge, gRPC, and the engine worker's Prometheus port (`serve` has /metrics on 8000).
+EXPOSE 8000 50051 9100
+# Loading and warming CSM-1B takes a while on a cold cache: a long start period. The check follows
+# the container's command and its port: /health for serve and edge, gRPC health for `engine`.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=300s --retries=3 \
+    CMD ["python", "-m", "csm_service.healthcheck"]
+COPY runpod /opt/csm/runpod
+RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
+    pip install --no-deps --no-cache-dir /wheels/csm_service-*.whl
 USER 10001
 WORKDIR /home/csm
-# Model cache and voice data survive container restarts when mounted.
-VOLUME ["/home/csm/.cache/huggingface", "/data"]
-EXPOSE 8000 50051
-# Loading and warming CSM-1B takes a while on a cold cache: a long start period.
-HEALTHCHECK --interval=15s --timeout=5s --start-period=300s --retries=3 \
-    CMD ["python3", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=4).status != 200)"]
 CMD ["csm-service", "serve"]

@@ -35,6 +35,9 @@ class Delivery(LoopState):
             return
         if state.chunk_index == 0:
             state.timings.first_audio_s = now - state.handle.submitted_at
+        else:  # time per frame since the last chunk, against the 80 ms a frame plays for
+            self.observe_frame_interval((now - state.last_chunk_at) / len(state.pcm))
+        state.last_chunk_at = now
         chunk = PcmChunk(np.concatenate(state.pcm), state.chunk_index, state.frames_sent, len(state.pcm))
         state.frames_sent += len(state.pcm)
         state.chunk_index += 1

@@ -24,7 +24,7 @@ from csm_service.core.constants import FRAME_MS, SAMPLE_RATE
 from csm_service.core.errors import EngineUnavailable
 from csm_service.core.request import SpeechRequest, validate_request
 from csm_service.engine.admission import Admission
-from csm_service.engine.device_info import device_info
+from csm_service.engine.device_info import device_info, device_memory
 from csm_service.engine.frame_step import FrameStep
 from csm_service.engine.loop_state import StreamingCodec
 from csm_service.engine.memory import MemoryProbe
@@ -42,6 +42,10 @@ log = logging.getLogger(__name__)
 __all__ = ["Engine", "EngineStats", "Event", "RequestHandle", "Sink"]
 
 
+def _ignore_interval(seconds: float) -> None:
+    """No metrics bound: chunk intervals are not recorded."""
+
+
 class Engine(Admission, FrameStep):
     def __init__(self, runner: ModelRunner, codec: StreamingCodec, tokenizer: TextTokenizer, cfg: EngineConfig) -> None:
         self.runner = runner
@@ -53,6 +57,7 @@ class Engine(Admission, FrameStep):
         self.slots = {}
         self.prefills = {}
         self.stats = EngineStats()
+        self.observe_frame_interval = _ignore_interval  # EngineMetrics.bind sets its histogram's observe
         self.state = "starting"  # starting | serving | draining | stopped
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -155,6 +160,24 @@ class Engine(Admission, FrameStep):
             "active_streams": self.num_active,
             "queue_depth": self.queue_depth,
         }
+
+    def build_info(self) -> dict[str, str]:
+        """How this engine runs its model, as the labels of ``csm_engine_build_info``."""
+        runner = self.runner
+        return {
+            "model": self.cfg.model,
+            "device": runner.device.type,
+            "device_name": str(device_info(runner.device)["device_name"]),
+            "dtype": str(runner.dtype).removeprefix("torch."),
+            "mimi_dtype": self.cfg.mimi_dtype,
+            "quantize": runner.quantize,
+            "compiled": str(runner.compiled).lower(),
+            "cuda_graphs": str(runner.use_cuda_graphs).lower(),
+        }
+
+    def memory_bytes(self) -> dict[str, int]:
+        """allocated / reserved / total bytes of the engine's device now (any thread, each scrape)."""
+        return device_memory(self.runner.device)
 
     def _on_cancel(self, handle: RequestHandle) -> None:
         """A waiting request leaves the queue at once; a running (or prefilling) one is freed at the

@@ -10,6 +10,7 @@ slot (engine/delivery.py). They all work on this state, on the engine thread, an
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
@@ -56,6 +57,7 @@ class LoopState:
     scheduler: Scheduler[RequestHandle]  # waiting requests and free slots
     slots: dict[int, SlotState]  # live slots (their prefill done)
     prefills: dict[int, PrefillTask]  # slots whose prefill is in progress, oldest first
+    observe_frame_interval: Callable[[float], None]  # seconds per frame between a stream's chunks (metrics)
     _cond: threading.Condition  # the lock around slots, prefills, the scheduler and the state
     _decode_codes: torch.Tensor  # [num_slots, K] int64: the frame handed to the codec
     _decode_mask: torch.Tensor  # [num_slots] bool: the rows the codec decodes

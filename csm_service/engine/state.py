@@ -66,6 +66,7 @@ class SlotState:
     pcm: list[np.ndarray] = field(default_factory=list)  # decoded frames not yet sent
     chunk_index: int = 0
     frames_sent: int = 0
+    last_chunk_at: float = 0.0  # perf_counter() when the last chunk went out
     timings: Timings = field(default_factory=Timings)
 
 

@@ -159,3 +159,16 @@ def edge_client(
     """A client of the workers at ``addresses`` with ``cfg``'s keepalive, sending the first admin key
     of ``keys`` (workers do not hold admins to per-caller limits), else the first."""
     return EngineClient(addresses, metadata=grpc_metadata(keys), **client_policy(cfg))
+
+
+def is_serving(address: str, timeout_s: float) -> bool:
+    """One blocking gRPC health check of ``csm.v1.TextToSpeechService`` at ``address`` (the
+    container's health check: no event loop there). False for NOT_SERVING or no answer."""
+    with grpc.insecure_channel(address) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=timeout_s
+            )
+        except grpc.RpcError:
+            return False
+    return reply.status == health_pb2.HealthCheckResponse.SERVING

@@ -149,9 +149,7 @@ class EngineServer:
         """The engine is loaded and warm: serve."""
         self.engine = engine
         self.servicer.attach(engine)
-        self.metrics.bind(
-            lambda: engine.queue_depth, lambda: engine.num_active, lambda: float(engine.is_serving), engine.stats
-        )
+        self.metrics.bind(engine)
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info("gRPC engine serving on port %d", self.port)
 

@@ -222,9 +222,13 @@ class LocalSpeechService:
         self._count(finished.reason)
         if self.metrics is not None:
             self.metrics.audio_seconds.inc(finished.timings.audio_s)
+            timings = finished.timings
+            self.metrics.queue_time.observe(timings.queued_s)
+            self.metrics.prefill_time.observe(timings.prefill_s)
+            self.metrics.e2e.observe(timings.total_s)
             if finished.num_frames:
-                self.metrics.ttfa.observe(finished.timings.first_audio_s)
-                self.metrics.rtf.observe(finished.timings.real_time_factor)
+                self.metrics.ttfa.observe(timings.first_audio_s)
+                self.metrics.rtf.observe(timings.real_time_factor)
 
     def _count(self, outcome: str) -> None:
         if self.metrics is not None:

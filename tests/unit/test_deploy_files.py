@@ -3,11 +3,13 @@ Kubernetes manifest loads and its pieces point at each other; RunPod's entry map
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import shutil
 import subprocess
 from pathlib import Path
 
+import kubernetes_validate
 import pytest
 import yaml
 
@@ -25,17 +27,76 @@ def test_dockerfile_passes_hadolint():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_dockerfile_shape():
-    stages = [line for line in DOCKERFILE.splitlines() if line.startswith("FROM ")]
-    assert len(stages) >= 2 and "${CUDA_RUNTIME}" in stages[0] and "${CUDA_RUNTIME}" in stages[-1]  # multi-stage
-    assert "nvidia/cuda:" in DOCKERFILE and "runtime" in DOCKERFILE
-    assert '"torch==${TORCH_VERSION}"' in DOCKERFILE and "ARG TORCH_VERSION=2." in DOCKERFILE  # pinned torch
-    assert "USER 10001" in DOCKERFILE and "useradd" in DOCKERFILE  # non-root
-    assert "HEALTHCHECK" in DOCKERFILE and "/health" in DOCKERFILE
+def _instructions() -> list[tuple[str, str]]:
+    """The Dockerfile as (INSTRUCTION, rest) pairs: continuation lines joined, comments dropped."""
+    lines, pending = [], ""
+    for raw in DOCKERFILE.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        pending += line[:-1] + " " if line.endswith("\\") else line
+        if not line.endswith("\\"):
+            lines.append(pending)
+            pending = ""
+    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in lines]
+
+
+def _stages() -> dict[str, list[tuple[str, str]]]:
+    stages: dict[str, list[tuple[str, str]]] = {}
+    for op, rest in _instructions():
+        if op == "FROM":
+            name = rest.split(" AS ")[-1].strip() if " AS " in rest else rest
+            stages[name] = [(op, rest)]
+        elif stages:
+            stages[next(reversed(stages))].append((op, rest))
+    return stages
+
+
+def test_dockerfile_base_is_plain_python_and_cuda_comes_with_torch():
+    """No nvidia/cuda base: its CUDA libraries would sit beside the ones the torch wheel brings."""
+    froms = [rest for op, rest in _instructions() if op == "FROM"]
+    assert all(not f.startswith("nvidia/") for f in froms) and "ARG PYTHON_IMAGE=python:3.12-slim" in DOCKERFILE
+    assert froms[0].startswith("${PYTHON_IMAGE}") and froms[-1] == "${PYTHON_IMAGE} AS runtime"
+    assert '"torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX}"' in DOCKERFILE
     assert (
-        'VOLUME ["/home/csm/.cache/huggingface"' in DOCKERFILE and "HF_HOME=/home/csm/.cache/huggingface" in DOCKERFILE
+        "ARG TORCH_VERSION=2." in DOCKERFILE and "ARG TORCH_INDEX=https://download.pytorch.org/whl/cu12" in DOCKERFILE
     )
+
+
+def test_dockerfile_layers_survive_a_source_change():
+    """Dependencies come from pyproject.toml alone, before any source is copied; every download
+    goes through pip's cache mount; the runtime takes the venv first and the package last."""
+    stages = _stages()
+    deps = stages["deps"]
+    assert not any(op == "COPY" and "csm_service" in rest for op, rest in deps)  # no source in the deps
+    assert ("COPY", "pyproject.toml /tmp/pyproject.toml") in deps
+    for op, rest in _instructions():
+        if op == "RUN" and ("pip install" in rest or "pip wheel" in rest):
+            assert "--mount=type=cache,target=/root/.cache/pip" in rest or "--no-cache-dir" in rest, rest
+    assert "PIP_NO_CACHE_DIR" not in DOCKERFILE  # it would switch the cache mounts off
+    runtime = [f"{op} {rest}" for op, rest in stages["runtime"]]
+    venv = runtime.index("COPY --from=deps /opt/venv /opt/venv")
+    package = next(i for i, line in enumerate(runtime) if "/wheels/csm_service-" in line)
+    weights = next(i for i, line in enumerate(runtime) if line.startswith("COPY --from=weights"))
+    assert venv < weights < package and "--no-deps" in runtime[package]
+
+
+def test_dockerfile_runtime_for_operators():
+    from csm_service.config import ServiceConfig
+
+    assert "VOLUME" not in {op for op, _ in _instructions()}  # a volume over baked weights copies GBs per container
+    assert "USER 10001" in DOCKERFILE and "useradd" in DOCKERFILE  # non-root
+    assert "HF_HOME=/home/csm/.cache/huggingface" in DOCKERFILE
     assert "--mount=type=secret,id=hf_token" in DOCKERFILE and "csm_service.cli fetch" in DOCKERFILE
+    health = next(rest for op, rest in _instructions() if op == "HEALTHCHECK")
+    assert health.endswith('CMD ["python", "-m", "csm_service.healthcheck"]')  # follows the command and port
+    env = dict(
+        item.split("=", 1) for op, rest in _stages()["runtime"] if op == "ENV" for item in rest.split() if "=" in item
+    )
+    defaults = ServiceConfig()
+    assert int(env["CSM_PORT"]) == defaults.port and int(env["CSM_GRPC_PORT"]) == defaults.grpc_port
+    exposed = {int(p) for op, rest in _instructions() if op == "EXPOSE" for p in rest.split()}
+    assert exposed == {int(env["CSM_PORT"]), int(env["CSM_GRPC_PORT"]), int(env["CSM_METRICS_PORT"])}
     assert DOCKERFILE.rstrip().endswith('CMD ["csm-service", "serve"]')
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert ".venv" in ignored and ".git" in ignored
@@ -46,6 +107,49 @@ def _manifests() -> list[dict]:
     for path in sorted((ROOT / "deploy" / "k8s").glob("*.yaml")):
         docs += [d for d in yaml.safe_load_all(path.read_text()) if d]
     return docs
+
+
+K8S_VERSION = "1.30.0"  # the oldest Kubernetes the manifests target (native gRPC probes: 1.27+)
+
+
+def test_every_manifest_is_valid_for_kubernetes():
+    """Kubernetes' own schemas, strict (an unknown or misspelt field fails), offline."""
+    for doc in _manifests():
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    broken = copy.deepcopy(_by("Deployment")["csm-engine"])
+    broken["spec"]["template"]["spec"]["containers"][0]["securityContext"]["readOnlyRootFileSystem"] = True
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, K8S_VERSION, strict=True)
+
+
+def test_containers_run_locked_down_with_writable_dirs_mounted():
+    """Non-root (the image's uid), no privilege escalation, no capabilities, the runtime's seccomp
+    profile, a read-only root; what the service writes (/tmp, voice profiles in /data) is a volume."""
+    for name, deployment in _by("Deployment").items():
+        pod = deployment["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True, name
+        assert f"USER {pod['securityContext']['runAsUser']}" in DOCKERFILE, name
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        for container in pod["containers"]:
+            context = container["securityContext"]
+            assert context["allowPrivilegeEscalation"] is False and context["readOnlyRootFilesystem"] is True, name
+            assert context["capabilities"] == {"drop": ["ALL"]}, name
+            mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+            assert {"/tmp", "/data"} <= mounts.keys(), name
+            assert {v["name"] for v in pod["volumes"]} >= set(mounts.values()), name
+
+
+def test_engine_runs_on_gpu_nodes_and_exports_metrics():
+    engine = _by("Deployment")["csm-engine"]["spec"]["template"]
+    pod, container = engine["spec"], engine["spec"]["containers"][0]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+    assert pod["nodeSelector"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    metrics_port = int(env["CSM_METRICS_PORT"])
+    assert {"name": "metrics", "containerPort": metrics_port} in container["ports"]
+    assert int(engine["metadata"]["annotations"]["prometheus.io/port"]) == metrics_port
+    assert f"CSM_METRICS_PORT={metrics_port}" in DOCKERFILE  # the image's default, and EXPOSEd
 
 
 def test_every_manifest_loads_and_is_named():
@@ -150,4 +254,5 @@ def test_edge_grace_outlasts_its_call_drain():
     call_drain_s = float(env.get("CSM_CALL_DRAIN_S", ServiceConfig().call_drain_s))
     pre_stop = spec["containers"][0]["lifecycle"]["preStop"]["exec"]["command"]
     assert pre_stop[0] == "sleep"
-    assert spec["terminationGracePeriodSeconds"] >= float(pre_stop[1]) + call_drain_s + FINAL_REPLY_WAIT_S
+    needed = float(pre_stop[1]) + call_drain_s + FINAL_REPLY_WAIT_S
+    assert needed <= spec["terminationGracePeriodSeconds"] <= needed + 30  # covers it, with a margin, no more
