@@ -162,7 +162,15 @@ EDGE = FlagGroup(
         Flag("max_audio_rate_hz", "sample rate of an audio file (CSM_MAX_AUDIO_RATE_HZ, 192000)"),
         Flag("ws_auth_timeout_s", "keys on: time for the first auth message (CSM_WS_AUTH_TIMEOUT_S)"),
         Flag("ws_idle_timeout_s", "close idle WebSocket sessions, 0 = never (CSM_WS_IDLE_TIMEOUT_S)"),
-        Flag("twilio_lead_ms", "Twilio streams: audio sent ahead of the playhead (CSM_TWILIO_LEAD_MS, 60)"),
+        Flag("twilio_lead_ms", "Twilio streams: the least audio sent ahead of the playhead (CSM_TWILIO_LEAD_MS, 60)"),
+        Flag(
+            "twilio_lead_max_ms",
+            "Twilio streams: the lead grows up to this while generation nears real time (CSM_TWILIO_LEAD_MAX_MS, 400)",
+        ),
+        Flag(
+            "twilio_echo_gate_db",
+            "Twilio speech barge-in: caller audio this many dB below the bot's last 1.5 s is echo (CSM_TWILIO_ECHO_GATE_DB, 16)",
+        ),
         Flag(
             "twilio_prestart_bytes",
             "Twilio streams: bytes accepted before the start event (CSM_TWILIO_PRESTART_BYTES, 65536)",
@@ -235,6 +243,7 @@ _SERVE_OWN = FlagGroup(
         Flag("drain_timeout_s", "SIGTERM drain deadline (CSM_DRAIN_TIMEOUT_S)"),
     ),
 )
+        Flag("throttle_rtf", "debug: generation no faster than this real-time factor, 0 = off (CSM_THROTTLE_RTF, 0)"),
 _EDGE_OWN = FlagGroup(
     None, (Flag("engine_addresses", "host:port[,host:port...] of the engine workers (CSM_ENGINE)", name="--engine"),)
 )

@@ -191,7 +191,10 @@ class ServiceConfig:
     max_audio_rate_hz: int = 192_000  # sample rate of an audio file (above 48 kHz: resampled to 48 kHz)
     ws_auth_timeout_s: float = 10.0  # keys on, none at the upgrade: the "auth" message must come by then
     ws_idle_timeout_s: float = 300.0  # close a session with no message and no work for this long; 0 = never
-    twilio_lead_ms: int = 60  # Twilio media streams: how far ahead of the playhead frames are sent
+    twilio_lead_ms: int = 60  # Twilio media streams: how far ahead of the playhead frames are sent (the least)
+    twilio_lead_max_ms: int = 400  # Twilio: the lead grows up to this while generation nears real time
+    twilio_echo_gate_db: float = 16.0  # Twilio: caller audio this far below the bot's recent audio is its echo
+    throttle_rtf: float = 0.0  # debug (benchmarks): generation no faster than this real-time factor; 0 = off
     twilio_prestart_bytes: int = 65536  # Twilio: bytes a stream may send before its start (more: closed, 1008)
     runpod_concurrency: int = 0  # jobs a RunPod queue worker takes at once; 0 = the engine's max_batch
 

@@ -2,7 +2,8 @@
 
 It behaves as Twilio's docs describe (twilio.com/docs/voice/media-streams/websocket-messages):
 sends ``connected`` then ``start`` (with ``customParameters``), then caller audio as 20 ms
-``media`` messages; buffers the server's ``media`` and plays it in real time; echoes each
+``media`` messages (silence, or what :meth:`TwilioSimulator.caller_says` queued, plus an echo of what
+it plays when ``echo_gain`` is set); buffers the server's ``media`` and plays it in real time; echoes each
 ``mark`` once the audio before it has played; on ``clear`` empties its buffer and echoes the
 marks in it at once. Everything received is logged with its arrival time.
 """
@@ -20,11 +21,42 @@ from dataclasses import dataclass, field
 import aiohttp
 import numpy as np
 
-from csm_service.audio.g711 import pcm16_to_mulaw
+from csm_service.audio.g711 import mulaw_to_pcm16, pcm16_to_mulaw
 
 FRAME_S = 0.020
-SILENCE = bytes([0xFF]) * 160
-LOUD = pcm16_to_mulaw((8000 * np.sin(2 * np.pi * 300 * np.arange(160) / 8000)).astype("<i2"))
+FRAME_BYTES = 160
+SILENCE = bytes([0xFF]) * FRAME_BYTES
+RATE = 8000
+
+
+def to_mulaw(samples: np.ndarray) -> bytes:
+    """Float samples (full scale 1.0) -> mu-law."""
+    return pcm16_to_mulaw(np.clip(np.round(samples * 32767), -32768, 32767).astype("<i2"))
+
+
+def mix(a: bytes, b: bytes, gain_b: float = 1.0) -> bytes:
+    """Two mu-law frames summed (``b`` scaled by ``gain_b``)."""
+    pa, pb = (mulaw_to_pcm16(x).astype(np.float32) / 32768 for x in (a, b))
+    n = max(len(pa), len(pb))
+    return to_mulaw(np.pad(pa, (0, n - len(pa))) + gain_b * np.pad(pb, (0, n - len(pb))))
+
+
+def white_noise(seconds: float, dbfs: float, seed: int = 0) -> bytes:
+    """Gaussian white noise whose RMS is ``dbfs`` (re full scale)."""
+    return to_mulaw(np.random.default_rng(seed).standard_normal(round(seconds * RATE)) * 10 ** (dbfs / 20))
+
+
+def hum(seconds: float, mains_hz: float, dbfs: float) -> bytes:
+    """Mains hum: ``mains_hz`` and its odd harmonics (amplitude 1/k) up to 3.4 kHz, RMS ``dbfs``."""
+    t = np.arange(round(seconds * RATE)) / RATE
+    ks = [k for k in range(1, 200, 2) if k * mains_hz <= 3400]
+    x = sum(np.sin(2 * np.pi * mains_hz * k * t + k) / k for k in ks)
+    return to_mulaw(x / np.sqrt(np.mean(x * x)) * 10 ** (dbfs / 20))
+
+
+def frames_of(audio: bytes) -> list[bytes]:
+    """mu-law cut into whole 20 ms frames."""
+    return [audio[i : i + FRAME_BYTES] for i in range(0, len(audio) - FRAME_BYTES + 1, FRAME_BYTES)]
 
 
 @dataclass
@@ -43,13 +75,16 @@ class TwilioSimulator:
     log: list[Received] = field(default_factory=list)
     played: list[bytes] = field(default_factory=list)
     echoed: list[str] = field(default_factory=list)
-    caller_speaking: bool = False
+    echo_gain: float = 0.0  # > 0: what it plays comes back in the caller's audio, scaled by this
+    inbound_sent: int = 0  # caller media frames sent
 
     async def __aenter__(self) -> TwilioSimulator:
         self.http = aiohttp.ClientSession()
         self.ws = await self.http.ws_connect(self.url, max_msg_size=0, autoping=True)
         self._seq = 0
         self._buffer: deque[bytes | str] = deque()  # frames and mark names, in order
+        self._caller_audio: deque[bytes] = deque()  # frames the caller is still to say
+        self._echoing: deque[bytes] = deque(maxlen=50)  # played frames not yet echoed
         await self._send({"event": "connected", "protocol": "Call", "version": "1.0.0"})
         await self._send(
             {
@@ -139,15 +174,28 @@ class TwilioSimulator:
                 await self._echo(self._buffer.popleft())  # type: ignore[arg-type]
             if self._buffer:
                 self.played.append(self._buffer.popleft())  # type: ignore[arg-type]
+                if self.echo_gain:
+                    self._echoing.append(self.played[-1])
             next_tick += FRAME_S
             await asyncio.sleep(max(0.0, next_tick - time.monotonic()))
 
+    def caller_says(self, audio: bytes) -> None:
+        """Queue mu-law for the caller to say, 20 ms a frame, after what is queued (then silence)."""
+        self._caller_audio.extend(frames_of(audio))
+
+    @property
+    def caller_done(self) -> bool:
+        """Everything queued with :meth:`caller_says` has been sent."""
+        return not self._caller_audio
+
     async def _caller(self) -> None:
-        """The caller's side: silence, or a loud tone while ``caller_speaking``."""
+        """The caller's side, one frame per 20 ms: queued audio or silence, plus the echo."""
         chunk, next_tick = 0, time.monotonic()
         while True:
             chunk += 1
-            payload = LOUD if self.caller_speaking else SILENCE
+            payload = self._caller_audio.popleft() if self._caller_audio else SILENCE
+            if self._echoing:
+                payload = mix(payload, self._echoing.popleft(), self.echo_gain)
             media = {
                 "track": "inbound",
                 "chunk": str(chunk),
@@ -155,6 +203,7 @@ class TwilioSimulator:
                 "payload": base64.b64encode(payload).decode(),
             }
             await self._send({"event": "media", "streamSid": self.stream_sid, "media": media})
+            self.inbound_sent += 1
             next_tick += FRAME_S
             await asyncio.sleep(max(0.0, next_tick - time.monotonic()))
 

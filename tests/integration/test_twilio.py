@@ -4,7 +4,8 @@ What is checked: 20 ms mu-law frames whose audio is byte for byte the native API
 the same request; a mark after every utterance, echoed once played; pacing (never far ahead of
 the playhead); barge-in by ``say`` with ``interrupt``, by ``clear``, by DTMF and by caller speech:
 ``clear`` goes out, the engine stream is cancelled, the queue is purged, and the first frame
-after the ``clear`` is the new utterance's; ``stop``; bad messages that do not end the call.
+after the ``clear`` is the new utterance's; caller speech (espeak-ng's, tests/data/) barges in within
+150 ms of audio, noise, hum and the bot's own echo never; ``stop``; bad messages that do not end the call.
 """
 
 from __future__ import annotations
@@ -12,16 +13,20 @@ from __future__ import annotations
 import asyncio
 import base64
 import itertools
+import json
+import pathlib
 import time
 import urllib.request
 
 import aiohttp
 import pytest
 
-from csm_service.tools.twilio_sim import TwilioSimulator
+from csm_service.tools.twilio_sim import FRAME_BYTES, TwilioSimulator, hum, white_noise
 from tests.integration.servers import async_wait_until
 
 SAMPLING = {"max_audio_length_ms": 800, "raw_text": True}
+CALLER_SPEECH = (pathlib.Path(__file__).resolve().parent.parent / "data" / "caller_speech.ulaw").read_bytes()
+SPEECH_150_MS = CALLER_SPEECH[: 7 * FRAME_BYTES]  # the first 140 ms from onset, then the caller is silent
 _sids = itertools.count(1)
 
 
@@ -176,11 +181,11 @@ async def test_clear_api_dtmf_and_caller_speech_barge_in(served):
         await wait_status(served, sid, "utt_1", "interrupted")
 
         async def caller_speaks() -> None:
-            twilio.caller_speaking = True
+            twilio.caller_says(CALLER_SPEECH)
 
         await speak_then(caller_speaks)
-        twilio.caller_speaking = False
         await wait_status(served, sid, "utt_2", "interrupted")
+        await async_wait_until(lambda: twilio.caller_done, 30, "the caller finished")
 
         async def clear_api() -> None:
             status, body = await post(served, f"/v1/calls/{sid}/clear")
@@ -260,3 +265,32 @@ async def test_call_voice_from_custom_parameters(served):
     reference = await native_mulaw(served, greeting, seed=8, voice_profile_id=voice["voice_id"])
     assert_same_audio(twilio.segments()[0][0], reference)
     assert reference != await native_mulaw(served, greeting, seed=8)  # the voice is in the prompt
+
+
+def inbound_frames(served, sid: str) -> int:
+    return json.loads(urllib.request.urlopen(f"{served.url}/v1/calls/{sid}").read())["inbound_frames"]
+
+
+async def test_caller_speech_barges_in_but_noise_hum_and_echo_never(served):
+    """While the bot speaks: 1.5 s each of white noise (-30 dBFS), 50 Hz and 60 Hz hum, and the bot's
+    own audio echoed 20 dB down; none barges in (every frame is counted by the call before we look).
+    Then 140 ms of real speech followed by silence does: heard within 150 ms, counted in frames."""
+    long_say = {"text": "Please hold while I look that up for you.", "max_audio_length_ms": 15000, "seed": 9}
+    async with sim(served, barge_in="speech") as twilio:
+        sid = twilio.stream_sid
+        assert (await post(served, f"/v1/calls/{sid}/say", long_say))[0] == 202
+        await async_wait_until(lambda: sum(r.event == "media" for r in twilio.log) >= 5, 60, "speaking")
+        for noise in (white_noise(1.5, -30.0), hum(1.5, 50.0, -30.0), hum(1.5, 60.0, -30.0)):
+            twilio.caller_says(noise)
+            await async_wait_until(lambda: twilio.caller_done, 30, "noise sent")
+        twilio.echo_gain = 0.1  # -20 dB
+        echo_until = twilio.inbound_sent + 75
+        await async_wait_until(lambda: twilio.inbound_sent >= echo_until, 30, "echo sent")
+        twilio.echo_gain = 0.0
+        sent = twilio.inbound_sent
+        await async_wait_until(lambda: inbound_frames(served, sid) >= sent, 30, "the call counted every frame")
+        assert not any(r.event == "clear" for r in twilio.log)
+        assert (await statuses(served, sid))["utt_1"] == "speaking"  # still something to cut
+        twilio.caller_says(SPEECH_150_MS)
+        await async_wait_until(lambda: any(r.event == "clear" for r in twilio.log), 30, "speech barged in")
+        await wait_status(served, sid, "utt_1", "interrupted")

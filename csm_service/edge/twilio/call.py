@@ -20,18 +20,17 @@ import logging
 import time
 from collections import deque
 
-import numpy as np
 from aiohttp import web
 
 from csm_service.api import twilio_stream
 from csm_service.api.errors import ApiError
 from csm_service.api.speak import parse_speak
 from csm_service.api.twilio_stream import CallParameters
-from csm_service.audio.g711 import mulaw_to_pcm16
 from csm_service.core.errors import TOO_MANY_IN_FLIGHT
 from csm_service.edge.access import Caller, admit_client, hold_utterance
 from csm_service.edge.speech import lookup_voice
 from csm_service.edge.state import EdgeState
+from csm_service.edge.twilio.caller_speech import CallerSpeech
 from csm_service.edge.twilio.pacer import FramePacer
 from csm_service.edge.twilio.speaker import speak_queue
 from csm_service.edge.twilio.utterance import PLAYED, SENT, UNFINISHED, Utterance
@@ -39,8 +38,6 @@ from csm_service.edge.ws_gate import settle
 
 log = logging.getLogger(__name__)
 
-SPEECH_RMS = 600  # PCM16 RMS of a 20 ms inbound frame that counts as the caller speaking (about -35 dBFS)
-SPEECH_FRAMES = 3  # that many loud frames in a row (60 ms) barge in
 MAX_HISTORY = 200  # utterances kept for GET /v1/calls/{streamSid}
 MAX_DTMF = 256
 
@@ -61,7 +58,9 @@ class TwilioCall:
         self.account_sid = str(start.get("accountSid", ""))
         parameters = CallParameters.of(start)
         self.custom, self.defaults, self.barge_in = parameters.custom, parameters.defaults, parameters.barge_in
-        self.pacer = FramePacer(state.cfg.twilio_lead_ms / 1000)
+        self.pacer = FramePacer(state.cfg.twilio_lead_ms / 1000, state.cfg.twilio_lead_max_ms / 1000)
+        speech = "speech" in self.barge_in
+        self.caller_speech = CallerSpeech(state.cfg.twilio_echo_gate_db) if speech else None
         self.epoch = 0  # bumped by every barge-in; frames of an older epoch are never sent
         self.queue: deque[Utterance] = deque()  # waiting to be generated
         self.outbound: asyncio.Queue[tuple[int, bytes | None, Utterance]] = asyncio.Queue()  # frame, or None: mark
@@ -73,7 +72,6 @@ class TwilioCall:
         self.awaiting_echo: dict[str, Utterance] = {}  # mark sent, not yet echoed
         self.dtmf: list[str] = []
         self.inbound_frames = 0
-        self.loud_frames = 0
         self.marks_received = 0
         self.protocol_errors = 0
         self.started_at = time.time()
@@ -117,7 +115,9 @@ class TwilioCall:
             if delay > 0:
                 await asyncio.sleep(delay)
             if await self._send(twilio_stream.media_message(self.stream_sid, frame), epoch):
-                self.pacer.sent()
+                self.pacer.sent(first_of_utterance=utterance.frames_sent == 0)
+                if self.caller_speech is not None:
+                    self.caller_speech.sent(frame)  # it may come back as echo
                 utterance.frames_sent += 1
                 utterance.first_frame_sent()
                 self.state.metrics.twilio_frames.inc()
@@ -223,13 +223,11 @@ class TwilioCall:
 
     async def _on_media(self, payload: bytes) -> None:
         self.inbound_frames += 1
-        if "speech" not in self.barge_in:
+        if self.caller_speech is None:
             return
-        pcm = mulaw_to_pcm16(payload).astype(np.float32)
-        loud = pcm.size > 0 and float(np.sqrt(np.mean(pcm * pcm))) >= SPEECH_RMS
-        self.loud_frames = self.loud_frames + 1 if loud else 0
-        if self.loud_frames >= SPEECH_FRAMES and self.busy:
-            self.loud_frames = 0
+        if not self.busy:  # nothing to cut: the VAD rests (and starts afresh on the next audio)
+            self.caller_speech.idle()
+        elif self.caller_speech.heard(payload):
             await self.clear("speech")
 
     # -- the call's life ----------------------------------------------------------------------------

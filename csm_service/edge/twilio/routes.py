@@ -16,11 +16,13 @@ from aiohttp import WSMsgType, web
 from csm_service.api import twilio_stream
 from csm_service.api.errors import ApiError
 from csm_service.api.twilio import SayControl
+from csm_service.api.twilio_stream import CallParameters
 from csm_service.api.validation import validate
 from csm_service.edge.access import Caller, admit, request_key, request_principal
 from csm_service.edge.http_api import read_json
 from csm_service.edge.state import STATE, EdgeState
 from csm_service.edge.twilio.call import TwilioCall
+from csm_service.edge.twilio.vad import silero_session
 from csm_service.edge.ws_gate import (
     POLICY_VIOLATION,
     close_unless_authenticated,
@@ -106,6 +108,8 @@ async def media_stream(request: web.Request) -> web.StreamResponse:
         state.metrics.requests.labels("twilio", "unauthorized").inc()
         await ws.close(code=POLICY_VIOLATION, message=b"invalid or missing api_key custom parameter")
         return ws
+    if "speech" in CallParameters.of(start).barge_in:  # the VAD model's first load (~50 ms) off the event loop
+        await asyncio.to_thread(silero_session)
     if start["streamSid"] in state.calls:
         await ws.close(code=POLICY_VIOLATION, message=b"streamSid already connected")
         return ws
