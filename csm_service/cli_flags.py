@@ -116,7 +116,7 @@ EDGE = FlagGroup(
         Flag("host", "bind address (CSM_HOST, default 0.0.0.0)"),
         Flag("port", "HTTP port (CSM_PORT, default 8000)"),
         Flag("health_port", "also serve /ping and /health here (CSM_HEALTH_PORT)"),
-        Flag("max_text_chars", "per request (CSM_MAX_TEXT_CHARS, default 4000)"),
+        Flag("max_text_chars", "per request (CSM_MAX_TEXT_CHARS, default 4096)"),
         Flag("max_body_bytes", "HTTP body (CSM_MAX_BODY_BYTES, default 1 MiB)"),
         Flag("max_ws_message_bytes", "WebSocket message (CSM_MAX_WS_MESSAGE_BYTES, 64 KiB)"),
         Flag("max_json_depth", "nesting of arrays/objects in client JSON (CSM_MAX_JSON_DEPTH, 32)"),

@@ -148,7 +148,7 @@ class ServiceConfig:
     call_drain_s: float = 300.0
     ready_wait_s: float = 120.0  # a Twilio call that arrives while the model loads is held this long
     # Edge bounds: every one answers with a clear error, never by dropping the session.
-    max_text_chars: int = MAX_TEXT_CHARS  # per synthesize request (4000)
+    max_text_chars: int = MAX_TEXT_CHARS  # per synthesize request (4096, as OpenAI's input)
     max_body_bytes: int = 1 << 20  # HTTP request body
     max_json_depth: int = 32  # nesting of arrays/objects in client JSON (ours: 3); deeper is a 400 / an error reply
     max_ws_message_bytes: int = 64 << 10  # one WebSocket message (larger: an error reply)

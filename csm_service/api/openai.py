@@ -18,7 +18,8 @@ from csm_service.api.speak import synthesize_request
 from csm_service.core.constants import DEFAULT_VOICE, ENGINE_MAX_AUDIO_MS, MAX_SPEED, MIN_SPEED
 from csm_service.core.formats import FILE_FORMATS, NO_ENCODER
 
-OPENAI_VOICES = ("alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "onyx", "sage", "shimmer", "verse")
+# OpenAI's built-in voices (the openai SDK's speech_create_params.Voice): all are the default voice here.
+OPENAI_VOICES = tuple("alloy ash ballad cedar coral echo fable marin nova onyx sage shimmer verse".split())
 STREAM_FORMATS = ("audio", "sse")
 EXTENSION_FIELDS = ("seed", "temperature", "top_k", "speaker", "max_audio_length_ms", "raw_text")
 MODEL_ID = "csm-1b"
@@ -77,7 +78,9 @@ class OpenAISpeech(RequestModel):
         Says({"*": "must be one of {choices}, got {value!r}"}, limit=120),
     ] = "audio"
     instructions: Annotated[str | None, Says({"type": "must be a string"})] = Field(
-        None, description="Accepted and not used"
+        None,
+        description="Accepted for compatibility and ignored: CSM takes no style prompt. The voice comes from"
+        " `voice` (a voice profile); delivery follows the text itself",
     )
     voice: Voice  # resolved to a voice profile after the fields above are checked
 

@@ -49,6 +49,7 @@ class SynthesizeResponse(ReplyModel):
     generation_time_ms: int
     format: str = Field(examples=sorted(set(OUTPUT_FORMATS.values())))
     seed: int = optional()
+    seed_str: str = optional(description="The seed as a decimal string (JavaScript's numbers stop at 2**53)")
     finish_reason: Literal["end_of_speech", "max_length"] = optional()
     request_id: str = optional(description="The request's, echoed back")
     pieces: int = optional(description="Long text is generated in pieces, one after another")

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from csm_service.api.openai import AudioModels, AudioVoices, ModelList, OpenAIError
+from csm_service.api.openai import MAX_MODEL_CHARS, AudioModels, AudioVoices, ModelCard, ModelList, OpenAIError
 from csm_service.api.responses import Error, Health, SynthesizeResponse
 from csm_service.api.twilio import CALL_DOC, Call, CallList, Cleared, SayAccepted
 from csm_service.api.voices import CURSOR, DEFAULT_PAGE, MAX_PAGE, Voice, VoiceList
@@ -71,7 +71,7 @@ NOT_UPGRADE = "Not a WebSocket upgrade request"
 NO_CALL = "No call with that streamSid is connected to this edge"
 VOICE_ID = path_param("voice_id", 64)
 STREAM_SID = path_param("stream_sid", 64)
-AUDIO = {  # raw formats and WAV stream as generated; SSE: each event's data is a speech.audio.delta / .done
+AUDIO = {  # all but FLAC stream as generated; SSE: each event's data is a speech.audio.delta / .done
     **{f.content_type: {"schema": {"type": "string", "format": "binary"}} for f in FILE_FORMATS.values()},
     "text/event-stream": {
         "schema": {"type": "object", "required": ["data"], "properties": {"data": {"type": "string"}}}
@@ -192,7 +192,7 @@ OPENAI = [
         "openai_speech",
         "OpenAI-compatible text to speech",
         "openai",
-        {"200": Reply("The audio (raw formats and WAV stream as generated), or SSE events", AUDIO)}
+        {"200": Reply("The audio (streamed as generated, FLAC excepted), or SSE events", AUDIO)}
         | {"400": "Invalid request (the param is named)", **SYNTHESIS_ERRORS}
         | {"503": "Model not loaded, or overloaded", "504": LATE_504},
         request="SpeechRequest",
@@ -220,6 +220,15 @@ OPENAI = [
         "OpenAI's model list",
         "openai",
         {"200": Reply("The model", ModelList), "401": KEY_401},
+        errors=OpenAIError,
+    ),
+    Route(
+        "get /v1/models/{model}",
+        "openai_model",
+        "One model (OpenAI's models.retrieve)",
+        "openai",
+        {"200": Reply("The model", ModelCard), "401": KEY_401, "404": "No such model (code model_not_found)"},
+        params=(path_param("model", MAX_MODEL_CHARS),),
         errors=OpenAIError,
     ),
 ]

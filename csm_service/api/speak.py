@@ -19,6 +19,7 @@ from pydantic import AfterValidator, Field, create_model
 from pydantic.json_schema import SkipJsonSchema
 
 from csm_service.api.base import Integer, NonBlank, OneOf, RequestModel, Says
+from csm_service.api.seed import SEED_SAYS, Seed
 from csm_service.api.validation import validate
 from csm_service.core.constants import (
     DEFAULT_MAX_AUDIO_MS,
@@ -27,7 +28,6 @@ from csm_service.core.constants import (
     DEFAULT_VOICE,
     ENGINE_MAX_AUDIO_MS,
     FRAME_MS,
-    MAX_SEED,
     MAX_SPEAKER,
     MAX_TEMPERATURE,
     MIN_TEMPERATURE,
@@ -116,7 +116,9 @@ class SynthesizeRequest(RequestModel):
     )
     max_audio_length_ms: AudioMs(ENGINE_MAX_AUDIO_MS) = DEFAULT_MAX_AUDIO_MS
     top_k: Integer(1, NUM_MIMI_CODES) | None = Field(None, json_schema_extra={"default": DEFAULT_TOP_K})
-    seed: Integer(0, MAX_SEED) | None = Field(None, description="same seed and inputs, same audio")
+    seed: Annotated[Seed | None, SEED_SAYS] = Field(
+        None, description="same seed and inputs, same audio; JavaScript: as a string"
+    )
     request_id: Annotated[str, Field(max_length=MAX_REQUEST_ID_CHARS)] | None = Field(None, description="echoed back")
 
 

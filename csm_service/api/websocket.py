@@ -131,6 +131,7 @@ class WsDone(ReplyModel):
     real_time_factor: float | None
     finish_reason: str
     seed: int
+    seed_str: str = optional(description="The seed as a decimal string (JavaScript's numbers stop at 2**53)")
 
 
 class WsPong(ReplyModel):

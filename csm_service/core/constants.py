@@ -10,7 +10,7 @@ NUM_CODEBOOKS = 32  # Mimi codebooks per frame (CSM-1B)
 NUM_MIMI_CODES = 2048  # codes per Mimi codebook (the audio vocabulary's 3 extra ids never reach Mimi)
 
 # A speech request's fields: defaults and ranges (the proto's int32/uint64 bound the integers)
-MAX_TEXT_CHARS = 4000  # the engine's hard limit per request (the edge's --max-text-chars may be lower)
+MAX_TEXT_CHARS = 4096  # the engine's hard limit per request, as OpenAI's input (--max-text-chars may be lower)
 DEFAULT_MAX_AUDIO_MS = 30_000
 ENGINE_MAX_AUDIO_MS = 163_840  # 2048 positions of 80 ms: no utterance can be longer
 DEFAULT_TEMPERATURE = 0.9

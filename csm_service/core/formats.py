@@ -1,7 +1,8 @@
 """The audio files the service writes: OpenAI's ``response_format`` and ``csm-service say --format``.
 
 Each is a name, the HTTP content type, the sample rate, whether its bytes can be sent as they are
-generated, and how :mod:`csm_service.audio.containers` writes it (libsndfile or G.711).
+generated, and how :mod:`csm_service.audio.containers` writes it (libsndfile or G.711). FLAC waits
+for the whole utterance; MP3 and Opus are written by libsndfile as the audio comes.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ FILE_FORMATS = {
         FileFormat("wav", "audio/wav", SAMPLE_RATE, streams=True),
         FileFormat("pcm", "audio/pcm", SAMPLE_RATE, streams=True),  # s16le mono, as OpenAI's
         FileFormat("flac", "audio/flac", SAMPLE_RATE, streams=False, sndfile=("FLAC", "PCM_16")),
-        FileFormat("mp3", "audio/mpeg", SAMPLE_RATE, streams=False, sndfile=("MP3", "MPEG_LAYER_III")),
-        FileFormat("opus", "audio/ogg", SAMPLE_RATE, streams=False, sndfile=("OGG", "OPUS")),
+        FileFormat("mp3", "audio/mpeg", SAMPLE_RATE, streams=True, sndfile=("MP3", "MPEG_LAYER_III")),
+        FileFormat("opus", "audio/ogg", SAMPLE_RATE, streams=True, sndfile=("OGG", "OPUS")),
         FileFormat("mulaw", "audio/basic", 8_000, streams=True, g711="mulaw"),
         FileFormat("alaw", "audio/x-alaw-basic", 8_000, streams=True, g711="alaw"),
     )

@@ -22,6 +22,7 @@ from csm_service.edge import http_api, openai_api, openapi, playground, voices_a
 from csm_service.edge.access import Caller, Handler, request_key, require_key
 from csm_service.edge.connections import ConnectionLimits, GuardedAppRunner
 from csm_service.edge.state import STATE, EdgeState
+from csm_service.edge.throttle import ThrottledBackend
 from csm_service.edge.twilio import routes as twilio_routes
 from csm_service.edge.ws_gate import GOING_AWAY, joined, open_websocket
 from csm_service.edge.ws_session import WsSession
@@ -47,11 +48,15 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     except ApiError as err:
         return _api_error(request, err)
     except (HttpProcessingError, web.RequestPayloadError) as exc:  # from request.read() and friends
-        return _api_error(request, http_api.unreadable_body(exc))
+        return _api_error(request, http_api.unreadable_body(request, exc))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         headers = {k: v for k, v in exc.headers.items() if k in ("Allow",)}  # 405 must say what is allowed
+        if request.path.startswith(openai_api.OPENAI_PATHS):  # OpenAI's clients read OpenAI's shape
+            return _api_error(
+                request, ApiError(exc.status, exc.reason, f"{request.method} {request.path}", headers=headers)
+            )
         return web.json_response(
             {"error": exc.reason, "detail": f"{request.method} {request.path}: {exc.reason}"},
             status=exc.status,
@@ -96,6 +101,8 @@ def build_app(
     app = web.Application(client_max_size=cfg.max_body_bytes, middlewares=[json_errors, require_key])
     metrics = metrics or EdgeMetrics(registry)
     backend = RemoteSpeechService(client, cfg.request_timeout_s, device_hint, on_replay=metrics.engine_replays.inc)
+    if cfg.throttle_rtf > 0:  # debug: benchmarks at a fixed real-time factor
+        backend = ThrottledBackend(backend, cfg.throttle_rtf)
     checker = checker or KeyChecker(api_key_entries(cfg))
     limiter = RateLimiter(cfg.rate_limit_per_s, cfg.rate_limit_burst)
     state = EdgeState(cfg, backend, registry, metrics, checker, limiter)
@@ -117,6 +124,7 @@ def build_app(
     app.router.add_get("/v1/audio/voices", openai_api.list_voices)
     app.router.add_get("/v1/audio/models", openai_api.list_audio_models)
     app.router.add_get("/v1/models", openai_api.list_models)
+    app.router.add_get("/v1/models/{model:.+}", openai_api.retrieve_model)
     app.router.add_get("/v1/twilio/media-stream", twilio_routes.media_stream)
     app.router.add_get("/v1/calls", twilio_routes.list_calls)
     app.router.add_get("/v1/calls/{stream_sid}", twilio_routes.get_call)

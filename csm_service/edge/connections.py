@@ -32,6 +32,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMethod, HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 
 from csm_service.api.errors import ApiError
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 HEALTH_PATHS = ("/health", "/ping")  # what a connection from the reserve may ask for
 FD_HEADROOM = 256  # descriptors kept for everything but client connections (gRPC, SQLite, logs, the engine)
 TOO_MANY_CONNECTIONS = "Too many connections"
+MAX_REASON_CHARS = 200  # of a malformed request's reason, as logged and answered
 RETRY_S = 1
 _REFUSED_BODY = json.dumps(
     {"error": "Service Unavailable", "detail": f"{TOO_MANY_CONNECTIONS}: the server is at its connection limit"}
@@ -170,6 +172,31 @@ class GuardedRequestHandler(RequestHandler):
             self._cancel_header_timer()
             for _, payload in itertools.islice(self._messages, queued, None):
                 self._arm_body_timer(payload)
+
+    def handle_error(
+        self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None, message: str | None = None
+    ) -> web.StreamResponse:
+        """Malformed HTTP (aiohttp's parser refused it before any handler ran): a JSON 400 like every
+        other error, and one line at INFO. aiohttp's own logs it as an ERROR with a traceback,
+        although it is the client's mistake and answered. Anything else: aiohttp's handling."""
+        if status >= 500 or not isinstance(exc, HttpProcessingError) or request.writer.output_size > 0:
+            return super().handle_error(request, status, exc, message)
+        lines = str(exc.message or "").strip().splitlines()  # the first says what; the rest, where
+        reason = lines[0].rstrip(":")[:MAX_REASON_CHARS] if lines else "unreadable"
+        # Not HTTP at all (TLS on the plain port, scanners) stays at DEBUG, as aiohttp has it.
+        level = logging.DEBUG if isinstance(exc, BadHttpMethod) else logging.INFO
+        log.log(level, "malformed HTTP request from %s: %s", request.remote, reason)
+        response = web.json_response(
+            {"error": "Bad Request", "detail": f"malformed HTTP request: {reason}"}, status=status
+        )
+        response.force_close()  # what follows on the connection cannot be parsed either
+        return response
+
+    def discard_body(self) -> None:
+        """The request's body cannot be read and its error is being answered: close once the answer
+        is sent, without reading on to discard the rest (aiohttp's lingering read would meet the
+        same error and log it as "Unhandled exception")."""
+        self._lingering_time = 0.0
 
     def refuse(self) -> None:
         if self.transport is not None:

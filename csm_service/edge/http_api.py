@@ -9,19 +9,22 @@ import time
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from csm_service import __version__
 from csm_service.api import safe_json
 from csm_service.api.errors import LOADING_RETRY_S, ApiError
+from csm_service.api.seed import seed_fields
 from csm_service.api.speak import parse_speak
+from csm_service.audio.encoder import FORMATS
 from csm_service.audio.wav import wav_bytes
 from csm_service.core.errors import INVALID_MESSAGE_FORMAT
 from csm_service.core.service import EngineInfo
 from csm_service.edge.access import admit, has_valid_key, request_caller
 from csm_service.edge.backend import Backend
+from csm_service.edge.connections import GuardedRequestHandler
 from csm_service.edge.speech import Spoken, prepare, speak
 from csm_service.edge.state import STATE
+from csm_service.metrics import exposition
 
 log = logging.getLogger(__name__)
 RETRY_LATER = {"Retry-After": str(LOADING_RETRY_S)}  # every 503 says when to come back
@@ -88,25 +91,16 @@ async def ping(request: web.Request) -> web.Response:
     return web.json_response({"status": status}, status=200 if ok else 503, headers=None if ok else RETRY_LATER)
 
 
-def unreadable_body(exc: Exception) -> ApiError:
-    """A body aiohttp could not read (a broken gzip/deflate Content-Encoding, a bad chunk): 400."""
+def unreadable_body(request: web.BaseRequest, exc: Exception) -> ApiError:
+    """A body aiohttp could not read (a broken gzip/deflate Content-Encoding, a bad chunk): 400.
+    The rest of it cannot be read either, so the connection closes after this answer, without
+    aiohttp's reading on to discard it (which met the same error and logged a traceback)."""
     cause = exc.__cause__ if isinstance(exc, web.RequestPayloadError) and exc.__cause__ else exc
     reason = cause.message if isinstance(cause, HttpProcessingError) else str(cause)
     log.info("unreadable request body: %s", reason)
-    # The rest of the body cannot be read either: the connection closes after this answer.
+    if isinstance(request.protocol, GuardedRequestHandler):
+        request.protocol.discard_body()
     return ApiError(400, INVALID_MESSAGE_FORMAT, f"unreadable request body: {reason}", headers={"Connection": "close"})
-
-
-class _AnsweredBodyErrors(logging.Filter):
-    """After a handler has answered an unreadable body with 400, aiohttp reads on to discard the
-    rest, meets the same error and logs it as "Unhandled exception" with a traceback. It is the
-    client's fault and already answered (and logged once, above): drop that record."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.exc_info and isinstance(record.exc_info[1], web.RequestPayloadError))
-
-
-logging.getLogger("aiohttp.server").addFilter(_AnsweredBodyErrors())
 
 
 async def read_json(request: web.Request) -> object:
@@ -119,7 +113,7 @@ async def read_json(request: web.Request) -> object:
     except web.HTTPRequestEntityTooLarge:
         raise ApiError(413, "Request too large", f"the body is limited to {cfg.max_body_bytes} bytes") from None
     except (HttpProcessingError, web.RequestPayloadError) as exc:
-        raise unreadable_body(exc) from None
+        raise unreadable_body(request, exc) from None
     try:
         return safe_json.loads(raw, cfg.max_json_depth)
     except safe_json.JsonError as exc:
@@ -137,7 +131,6 @@ async def _synthesize(request: web.Request, started: float) -> web.Response:
     state = request.app[STATE]
     spoken = Spoken()
     parts: list[bytes] = []
-    duration_ms = 0.0
     try:
         admit(request)
         params = parse_speak(await read_json(request), state.cfg.max_text_chars, state.cfg.max_audio_length_ms)
@@ -147,11 +140,13 @@ async def _synthesize(request: web.Request, started: float) -> web.Response:
         async with lease, contextlib.aclosing(utterance) as chunks:
             async for chunk in chunks:
                 parts.append(chunk.audio)
-                duration_ms += chunk.duration_ms
     except ApiError as err:
         state.metrics.requests.labels("synthesize", err.outcome).inc()
         return error_response(err)
     audio = b"".join(parts)
+    # What the bytes last. Summing the chunks' durations drifts: each is rounded to a whole ms, and
+    # an 8 kHz chunk (the resampler's output) need not last a whole number of ms.
+    duration_ms = FORMATS[fmt.encoding.value].duration_ms(len(audio))
     if fmt.is_wav:
         audio = wav_bytes(audio, fmt.sample_rate)
     elapsed_s = time.perf_counter() - started
@@ -159,10 +154,10 @@ async def _synthesize(request: web.Request, started: float) -> web.Response:
     body: dict[str, object] = {
         "audio_base64": base64.b64encode(audio).decode("ascii"),
         "sample_rate": fmt.sample_rate,
-        "duration_ms": round(duration_ms),
+        "duration_ms": duration_ms,
         "generation_time_ms": round(elapsed_s * 1000),
         "format": fmt.name,
-        "seed": spoken.seed,
+        **seed_fields(spoken.seed),
         "finish_reason": spoken.finish_reason,
         "pieces": spoken.pieces,
         "piece_frames": spoken.piece_frames,
@@ -179,5 +174,6 @@ async def _synthesize(request: web.Request, started: float) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    data = generate_latest(request.app[STATE].registry)
-    return web.Response(body=data, headers={"Content-Type": CONTENT_TYPE_LATEST})
+    """Prometheus text, or OpenMetrics when the scraper's Accept header asks for it."""
+    body, content_type = exposition(request.app[STATE].registry, request.headers.get("Accept"))
+    return web.Response(body=body, headers={"Content-Type": content_type, "Vary": "Accept"})

@@ -21,6 +21,7 @@ from aiohttp import web
 
 from csm_service.api.errors import ApiError
 from csm_service.api.openai import EXTENSION_FIELDS, MODEL_ID, OPENAI_VOICES, OpenAISpeech
+from csm_service.api.seed import seed_fields
 from csm_service.api.speak import SpeakParams, parse_speak
 from csm_service.api.validation import validate
 from csm_service.audio.containers import streaming_wav_header
@@ -154,25 +155,26 @@ async def _write_audio(
     first: SpeechChunk,
     chunks: AsyncIterator[SpeechChunk],
 ) -> None:
-    """The body from ``first`` on: streamed as generated (raw or SSE deltas), or whole at the end for
-    formats that cannot stream. Raises ApiError when the utterance fails."""
+    """The body from ``first`` on: streamed as generated (raw or SSE deltas; MP3 and Opus as their
+    encoder writes them), or whole at the end for FLAC. Raises ApiError when the utterance fails."""
     sent = 0
     held: list[bytes] = []  # formats written at the end
     if speech.file_format.name == "wav" and not speech.sse:
         await response.write(streaming_wav_header(speech.file_format.sample_rate))
     chunk = first
-    while True:
-        data = audio.convert(chunk.audio, chunk.final)
-        if not speech.file_format.streams:
-            held.append(data)
-        elif data:
-            if speech.sse and speech.file_format.name == "wav" and sent == 0:
-                data = streaming_wav_header(speech.file_format.sample_rate) + data
-            await response.write(_sse_delta(data) if speech.sse else data)
-            sent += len(data)
-        if chunk.final:
-            break
-        chunk = await anext(chunks)
+    with contextlib.closing(audio):  # an answer cut short still closes its encoder
+        while True:
+            data = audio.convert(chunk.audio, chunk.final)
+            if not speech.file_format.streams:
+                held.append(data)
+            elif data:
+                if speech.sse and speech.file_format.name == "wav" and sent == 0:
+                    data = streaming_wav_header(speech.file_format.sample_rate) + data
+                await response.write(_sse_delta(data) if speech.sse else data)
+                sent += len(data)
+            if chunk.final:
+                break
+            chunk = await anext(chunks)
     if held:
         data = await asyncio.to_thread(audio.file_bytes, held)
         await response.write(_sse_delta(data) if speech.sse else data)
@@ -189,7 +191,7 @@ def _done_event(spoken: Spoken, duration_s: float, first_audio_s: float, elapsed
             "output_tokens": output_tokens,
             "total_tokens": input_tokens + output_tokens,
         },
-        "seed": spoken.seed,
+        **seed_fields(spoken.seed),
         "finish_reason": spoken.finish_reason,
         "duration_ms": round(duration_s * 1000),
         "time_to_first_audio_ms": round(first_audio_s * 1000),
@@ -215,7 +217,20 @@ async def list_audio_models(request: web.Request) -> web.Response:
     return web.json_response({"models": [{"id": MODEL_ID, "name": "Sesame CSM-1B"}]})
 
 
+def _model_card() -> dict[str, object]:
+    return {"id": MODEL_ID, "object": "model", "created": LISTED_SINCE, "owned_by": "csm-service"}
+
+
 async def list_models(request: web.Request) -> web.Response:
     """OpenAI's ``GET /v1/models`` list shape."""
-    model = {"id": MODEL_ID, "object": "model", "created": LISTED_SINCE, "owned_by": "csm-service"}
-    return web.json_response({"object": "list", "data": [model]})
+    return web.json_response({"object": "list", "data": [_model_card()]})
+
+
+async def retrieve_model(request: web.Request) -> web.Response:
+    """OpenAI's ``GET /v1/models/{model}`` (``models.retrieve``): the model the list names, else
+    404 in OpenAI's shape (``code: model_not_found``), as OpenAI answers."""
+    name = request.match_info["model"]
+    if name != MODEL_ID:
+        detail = f"the model {name[:80]!r} does not exist; GET /v1/models lists {MODEL_ID}"
+        raise ApiError(404, "Not Found", detail, outcome="model_not_found")
+    return web.json_response(_model_card())

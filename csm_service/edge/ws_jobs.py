@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 
 from csm_service.api.errors import ApiError
+from csm_service.api.seed import seed_fields
 from csm_service.api.speak import SpeakParams
 from csm_service.api.websocket import WS_FORMAT
 from csm_service.core.errors import SYNTHESIS_FAILED
@@ -137,7 +138,7 @@ def _finish(
             "generation_time_ms": round(elapsed_s * 1000),
             "real_time_factor": round(elapsed_s * 1000 / duration_ms, 4) if duration_ms else None,
             "finish_reason": spoken.finish_reason,
-            "seed": spoken.seed,
+            **seed_fields(spoken.seed),
             "pieces": spoken.pieces,
             "piece_frames": spoken.piece_frames,
             "piece_prompt_positions": spoken.piece_prompt_positions,

@@ -234,3 +234,49 @@ async def test_openapi_and_docs(served):
     assert request_schema["properties"]["output_format"]["default"] == "wav"
     for path in spec["paths"]:
         assert path in page
+
+
+LONG = "First a short sentence. Then another one follows it here. And a third, so the text comes in pieces."
+
+
+@pytest.mark.parametrize(
+    ("output_format", "bytes_per_ms"), [("mulaw", 8), ("alaw", 8), ("pcm16_8khz", 16), ("pcm16_24khz", 48)]
+)
+async def test_duration_ms_is_the_length_of_the_bytes_returned(served, output_format, bytes_per_ms):
+    """duration_ms is what the returned audio lasts, to the ms, also for 8 kHz audio made in pieces
+    (each piece's chunks were once summed: 4962 ms for 4960 ms of bytes)."""
+    body = {"text": LONG, "max_audio_length_ms": 4960, "output_format": output_format, "seed": 3, "raw_text": True}
+    status, reply, _ = await post(served, body)
+    assert status == 200, reply
+    assert reply["pieces"] > 1  # the served fixture's --max-piece-chars 60 splits the text
+    audio = base64.b64decode(reply["audio_base64"])
+    assert reply["duration_ms"] == round(len(audio) / bytes_per_ms), (len(audio), reply["duration_ms"])
+
+
+async def test_seeds_past_2_53_round_trip_as_decimal_strings(served):
+    """JavaScript holds integers exactly only up to 2**53: a seed also comes back as ``seed_str`` and
+    may be sent as a decimal string, which is the same seed as the integer."""
+    big = 2**53 + 1  # JSON.parse reads it as 2**53
+
+    def body(seed: object) -> dict:
+        return {"text": "Same words", "max_audio_length_ms": 400, "output_format": "mulaw", "seed": seed}
+
+    (_, as_int, _), (_, as_str, _), (_, rounded, _), (_, drawn, _) = await asyncio.gather(
+        post(served, body(big)),
+        post(served, body(str(big))),
+        post(served, body(2**53)),
+        post(served, {"text": "Hi", "max_audio_length_ms": 400}),
+    )
+    assert as_int["seed"] == as_str["seed"] == big and as_int["seed_str"] == as_str["seed_str"] == str(big)
+    assert as_int["audio_base64"] == as_str["audio_base64"] != rounded["audio_base64"]
+    assert drawn["seed_str"] == str(drawn["seed"])  # a drawn seed (63 bits) too
+    for bad in ("9223372036854775808", "-1", "007", "1e3", " 5"):
+        status, reply, _ = await post(served, body(bad))
+        assert status == 422 and reply["field"] == "seed", (bad, reply)
+    async with aiohttp.ClientSession() as http, http.ws_connect(served.ws_url("seed-str")) as ws:
+        await ws.send_json(
+            {"type": "synthesize", "text": "Hi", "seed": str(big), "stream": True, "max_audio_length_ms": 160}
+        )
+        while (message := await ws.receive_json(timeout=60))["type"] != "done":
+            assert message["type"] == "audio", message
+    assert message["seed"] == big and message["seed_str"] == str(big)

@@ -244,6 +244,36 @@ async def test_bodies_with_a_broken_content_encoding_are_400(served, encoding):
     watch.assert_clean()
 
 
+MALFORMED_HTTP = [
+    b"GET /health HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",  # a header line with no colon
+    b"GET /\x01 HTTP/1.1\r\nHost: x\r\n\r\n",  # a control character in the path
+    b"POST /synthesize HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",  # a bad chunk size
+    b"POST /synthesize HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello",
+    b"GET / HTTP/9.9\r\n\r\n",
+]
+
+
+@pytest.mark.parametrize("raw", MALFORMED_HTTP, ids=lambda raw: repr(raw)[2:30])
+async def test_malformed_http_is_a_json_400_and_logs_no_traceback(served, raw):
+    """aiohttp's parser answers malformed HTTP 400 itself; the edge used to log each one as an ERROR
+    with a traceback, although the client's mistake was already answered."""
+    watch = LogWatch(served.proc)
+    reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+    try:
+        writer.write(raw)
+        await writer.drain()
+        head, _, body = (await asyncio.wait_for(reader.read(), 30)).partition(b"\r\n\r\n")
+    finally:
+        writer.close()
+    assert head.startswith(b"HTTP/1.") and b" 400 " in head.split(b"\r\n")[0], head
+    watch.assert_clean()  # logged before the answer was sent
+    assert "malformed HTTP request" in served.proc.log()[watch.start :]  # one line, at INFO
+    reply = json.loads(body)
+    assert reply["error"] == "Bad Request" and reply["detail"].startswith("malformed HTTP request: "), reply
+    async with aiohttp.ClientSession() as http, http.get(f"{served.url}/health") as resp:
+        assert resp.status == 200  # and went on
+
+
 WS_BAD_FRAMES = [
     "[" * 4000,  # under the served fixture's 4096-byte message bound
     json.dumps({"type": "ping", "x": nested(DEPTH)}),

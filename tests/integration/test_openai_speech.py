@@ -23,8 +23,22 @@ SAY = "Hello there, thanks for calling."
 EXTRA = {"seed": 11, "max_audio_length_ms": 800, "raw_text": True}
 
 
+OPEN_CLIENTS: list[openai.AsyncOpenAI] = []
+
+
 def client(served) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=f"{served.url}/v1", api_key="not-needed-here", max_retries=0)
+    made = openai.AsyncOpenAI(base_url=f"{served.url}/v1", api_key="not-needed-here", max_retries=0)
+    OPEN_CLIENTS.append(made)
+    return made
+
+
+@pytest.fixture(autouse=True)
+async def close_clients():
+    """Close the test's clients on its own event loop. One left open is closed by its ``__del__``
+    whenever the collector reaches it, on a later test's loop: "Event loop is closed"."""
+    yield
+    while OPEN_CLIENTS:
+        await OPEN_CLIENTS.pop().close()
 
 
 async def native(served, output_format: str, **extra) -> bytes:
@@ -166,3 +180,28 @@ async def test_missing_model_and_non_json(served):
         async with http.post(f"{served.url}/v1/audio/speech", data=b"{nope") as resp:
             assert resp.status == 400
             assert "invalid JSON" in (await resp.json())["error"]["message"]
+
+
+async def test_every_openai_voice_name_is_the_default_voice(served):
+    """The openai SDK's current names (marin and cedar were once refused) speak as the default voice."""
+    from typing import get_args
+
+    from openai.types.audio.speech_create_params import Voice
+
+    names = next(get_args(arg) for arg in get_args(Voice) if get_args(arg))  # the Literal's values
+    assert {"marin", "cedar"} <= set(names)
+    reference = await speech(served, "pcm", voice="default")
+    for name in names:
+        assert await speech(served, "pcm", voice=name) == reference, name
+
+
+async def test_models_retrieve_known_and_unknown(served):
+    model = await client(served).models.retrieve("csm-1b")
+    assert model.id == "csm-1b" and model.object == "model"
+    with pytest.raises(openai.NotFoundError) as caught:
+        await client(served).models.retrieve("gpt-no-such-model")
+    body = caught.value.body  # OpenAI's shape: the SDK hands over {"message", "type", "param", "code"}
+    assert body["type"] == "invalid_request_error" and body["code"] == "model_not_found", body
+    assert "gpt-no-such-model" in body["message"]
+    async with aiohttp.ClientSession() as http, http.get(f"{served.url}/v1/audio/no-such-route") as resp:
+        assert resp.status == 404 and (await resp.json())["error"]["type"] == "invalid_request_error"

@@ -76,6 +76,20 @@ async def test_playground_in_headless_chromium(served, tmp_path):
             ttfa, rtf = float(await page.text_content("#ttfa")), float(await page.text_content("#rtf"))
             assert ttfa > 0 and rtf > 0
             assert int(await page.text_content("#duration")) == round(received / 2 / 24_000 * 1000)
+            assert await page.text_content("#seed-used") == "7"
+
+            # Seeds past 2**53 (JavaScript's exact integers) go out and come back digit for digit.
+            await page.fill("#seed", str(2**53 + 1))
+            assert await speak(page) == "done"
+            assert await page.text_content("#seed-used") == "9007199254740993"  # Number() made it ...992
+            await page.fill("#seed", "")  # a random 63-bit seed, shown, then used again
+            assert await speak(page) == "done"
+            drawn = await page.text_content("#seed-used")
+            assert drawn.isdigit() and int(drawn) < 2**63
+            await page.click("#reuse-seed")
+            assert await page.input_value("#seed") == drawn
+            assert await speak(page) == "done"
+            assert await page.text_content("#seed-used") == drawn
 
             await page.set_input_files(
                 "#voice-file", files=[{"name": "me.wav", "mimeType": "audio/wav", "buffer": recording()}]

@@ -146,3 +146,29 @@ def test_inputs_that_used_to_crash_the_parsers_are_422():
     with pytest.raises(ApiError) as err:
         validate(VoiceUpload, {"transcript": "hi", "name": "n", "speaker": "²", "file": b"x"})
     assert err.value.status == 422 and err.value.field == "speaker"
+
+
+@pytest.mark.parametrize("limit", [0, 1, 9, 10, 19, 20, 100, 101, 250, 1000, 2**63 - 1])
+def test_the_seed_pattern_admits_exactly_the_numerals_in_range(limit):
+    import random
+    import re
+
+    from csm_service.api.seed import at_most_pattern
+
+    pattern = re.compile(at_most_pattern(limit))
+    rng = random.Random(limit)
+    for n in {*range(0, 1200), limit - 1, limit, limit + 1, *(rng.randrange(2 * limit + 2) for _ in range(3000))}:
+        if n >= 0:
+            assert bool(pattern.fullmatch(str(n))) == (n <= limit), (limit, n)
+    for numeral in (f"0{limit}", "-1", "", " 1", "1 ", "+1", "1e3", "١"):  # the last: an Arabic-Indic 1
+        assert not pattern.fullmatch(numeral), numeral
+
+
+def test_openapi_tells_openai_clients_what_they_get():
+    spec = build_spec()
+    speech = spec["components"]["schemas"]["SpeechRequest"]["properties"]
+    assert "ignored" in speech["instructions"]["description"]
+    voices = speech["voice"]["oneOf"][0]["enum"]
+    assert {"marin", "cedar", "alloy"} <= set(voices)
+    assert {"integer", "string"} <= {alt.get("type") for alt in speech["seed"]["anyOf"]}
+    assert "404" in spec["paths"]["/v1/models/{model}"]["get"]["responses"]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from csm_service.audio.containers import encode_file, streaming_wav_header
+from csm_service.audio.containers import StreamingFile, encode_file, streaming_wav_header
 from csm_service.audio.stretch import TimeStretch
 from csm_service.core.formats import FILE_FORMATS
 
@@ -73,3 +73,18 @@ def test_flac_round_trips_and_lossy_formats_decode():
         assert abs(peak_hz(decoded) - 330.0) < 3.0, name
     with pytest.raises(ValueError):
         encode_file(pcm, FILE_FORMATS["wav"])
+
+
+@pytest.mark.parametrize("name", ["mp3", "opus"])
+def test_streamed_mp3_and_opus_come_chunk_by_chunk_and_make_one_valid_file(name):
+    """Each 80 ms chunk's bytes leave at once (an Ogg page per chunk; MP3 frames as LAME makes
+    them); the pieces joined are one file that decodes to the audio, its length readable."""
+    pcm = (tone(330.0, seconds=2.0) * 12000).astype("<i2")
+    stream = StreamingFile(FILE_FORMATS[name])
+    pieces = [stream.write(pcm[i : i + 1920].tobytes()) for i in range(0, len(pcm), 1920)]
+    pieces.append(stream.close())
+    assert all(pieces[1:-1]), [len(p) for p in pieces]  # every chunk let bytes out, none waited for the end
+    assert stream.close() == b""  # closing twice is harmless
+    decoded, rate = soundfile.read(io.BytesIO(b"".join(pieces)), dtype="float32")
+    assert rate == RATE and len(pcm) <= len(decoded) <= len(pcm) + 2400, len(decoded)  # MP3's padding
+    assert abs(peak_hz(decoded) - 330.0) < 3.0
