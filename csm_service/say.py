@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -33,6 +34,7 @@ from csm_service.core.request import Segment
 if TYPE_CHECKING:
     from csm_service.config import EngineConfig
     from csm_service.synthesizer import Synthesizer
+    from csm_service.voices import Voice
 
 STREAM_FORMATS = ("pcm", "mulaw", "alaw", "wav")
 PLAYERS = {  # (program, arguments for raw s16le 24 kHz mono | mu-law | A-law 8 kHz)
@@ -102,15 +104,23 @@ def open_stream_sink(fmt: FileFormat) -> tuple[BinaryIO, subprocess.Popen | None
     raise SayError("--stream: stdout is a terminal and no player (aplay, paplay, ffplay) is installed; pipe it")
 
 
-def voice_context(args: argparse.Namespace, synth: Synthesizer) -> tuple[list[Segment], int | None]:
-    """``--voice`` -> (context segments, the voice's speaker or None)."""
-    from csm_service.audio.decode import MIN_VOICE_SECONDS, AudioLimits, BadAudio, prompt_audio, to_pcm16
+@dataclass(frozen=True)
+class VoiceChoice:
+    """What ``--voice`` named, checked before the model loads (a usage error costs no load)."""
+
+    recording: tuple[np.ndarray, int] | None = None  # (samples, rate) of a --voice file
+    profile: Voice | None = None
+
+
+def choose_voice(args: argparse.Namespace) -> VoiceChoice:
+    """``--voice`` -> the recording read from disk or the stored profile; SayError when it names neither."""
+    from csm_service.audio.decode import MIN_VOICE_SECONDS, AudioLimits, BadAudio, prompt_audio
     from csm_service.config import build_config
     from csm_service.voices import VoiceStore
 
     spec = args.voice
     if spec in (None, DEFAULT_VOICE):
-        return [], None
+        return VoiceChoice()
     path = Path(spec).expanduser()
     if path.is_file():
         if not args.voice_text:
@@ -119,14 +129,27 @@ def voice_context(args: argparse.Namespace, synth: Synthesizer) -> tuple[list[Se
         # read from disk block by block: a small compressed file may declare hours of audio.
         limits = AudioLimits.from_config(build_config({}), min_seconds=MIN_VOICE_SECONDS)
         try:
-            samples, rate = prompt_audio(path, limits)
+            return VoiceChoice(recording=prompt_audio(path, limits))
         except BadAudio as exc:
             raise SayError(f"--voice {spec}: {exc}") from None
-        return [synth.encode_prompt(to_pcm16(samples), rate, args.voice_text, args.speaker or 0)], None
     voice = VoiceStore(args.data_dir or "./data").get(spec)
     if voice is None:
         raise SayError(f"--voice: {spec!r} is neither a file nor a voice profile in {args.data_dir or './data'}")
-    return [voice.context_segment()], voice.speaker
+    return VoiceChoice(profile=voice)
+
+
+def voice_context(
+    args: argparse.Namespace, choice: VoiceChoice, synth: Synthesizer
+) -> tuple[list[Segment], int | None]:
+    """The chosen voice -> (context segments, the voice's speaker or None)."""
+    from csm_service.audio.decode import to_pcm16
+
+    if choice.recording is not None:
+        samples, rate = choice.recording
+        return [synth.encode_prompt(to_pcm16(samples), rate, args.voice_text, args.speaker or 0)], None
+    if choice.profile is not None:
+        return [choice.profile.context_segment()], choice.profile.speaker
+    return [], None
 
 
 def load_synthesizer(cfg: EngineConfig) -> Synthesizer:
@@ -188,12 +211,13 @@ def generate(
 def run_say(args: argparse.Namespace, engine_cfg: EngineConfig) -> int:
     from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
 
-    fmt = choose_format(args.format, args.output, args.stream)
+    fmt = choose_format(args.format, args.output, args.stream)  # usage errors (SayError) before the model loads
+    choice = choose_voice(args)
     (disable_progress_bars if args.no_progress else enable_progress_bars)()  # the model download's bars
     synth = load_synthesizer(engine_cfg)
     player = None
     try:
-        context, voice_speaker = voice_context(args, synth)
+        context, voice_speaker = voice_context(args, choice, synth)
         speaker = args.speaker if args.speaker is not None else (voice_speaker or 0)
         encoder = Encoder(fmt)
         sink, player = open_stream_sink(fmt) if args.stream else (None, None)

@@ -182,7 +182,7 @@ def test_http_bodies_never_get_a_server_error(capped):
 
 def _schemathesis(port: int, *selection: str) -> None:
     cli = shutil.which("schemathesis", path=str(Path(sys.executable).parent)) or "schemathesis"
-    examples = os.environ.get("CSM_FUZZ_EXAMPLES", "40")
+    examples = os.environ.get("CSM_FUZZ_EXAMPLES", "25")
     cmd = [cli, "run", f"http://127.0.0.1:{port}/openapi.json", *selection, "--max-examples", examples]
     cmd += [
         "--exclude-path-regex",
