@@ -63,6 +63,11 @@ class UtteranceState(ReplyModel):
     time_to_first_frame_ms: float | None
 
 
+class BargeIn(ReplyModel):
+    trigger: str = Field(description="interrupt, clear, dtmf or speech")
+    inbound_frame: int = Field(description="inbound media frames the call had received when it happened")
+
+
 class Call(ReplyModel):
     """A call connected to this edge: its parameters, DTMF, and every utterance's state."""
 
@@ -76,6 +81,7 @@ class Call(ReplyModel):
     queued: int
     dtmf: str
     inbound_frames: int
+    last_barge_in: BargeIn | None = Field(description="the most recent barge-in, if any")
     marks_received: int
     protocol_errors: int
     utterances: list[UtteranceState]

@@ -54,6 +54,17 @@ def hum(seconds: float, mains_hz: float, dbfs: float) -> bytes:
     return to_mulaw(x / np.sqrt(np.mean(x * x)) * 10 ** (dbfs / 20))
 
 
+def as_loud_as(audio: bytes, reference: list[bytes]) -> bytes:
+    """mu-law ``audio``, scaled up if need be so its loudest 20 ms frame is at least as loud as the
+    loudest of ``reference`` (a caller talking over the bot, at least at the bot's level)."""
+
+    def loudest(frames: list[bytes]) -> float:
+        return max(float(np.sqrt(np.mean((mulaw_to_pcm16(f).astype(np.float32) / 32768) ** 2))) for f in frames)
+
+    pcm = mulaw_to_pcm16(audio).astype(np.float32) / 32768
+    return to_mulaw(pcm * max(1.0, loudest(reference) / loudest(frames_of(audio))))
+
+
 def frames_of(audio: bytes) -> list[bytes]:
     """mu-law cut into whole 20 ms frames."""
     return [audio[i : i + FRAME_BYTES] for i in range(0, len(audio) - FRAME_BYTES + 1, FRAME_BYTES)]
@@ -77,6 +88,7 @@ class TwilioSimulator:
     echoed: list[str] = field(default_factory=list)
     echo_gain: float = 0.0  # > 0: what it plays comes back in the caller's audio, scaled by this
     inbound_sent: int = 0  # caller media frames sent
+    said_from: int = 0  # the inbound frame number that began the latest caller_says audio
 
     async def __aenter__(self) -> TwilioSimulator:
         self.http = aiohttp.ClientSession()
@@ -84,6 +96,7 @@ class TwilioSimulator:
         self._seq = 0
         self._buffer: deque[bytes | str] = deque()  # frames and mark names, in order
         self._caller_audio: deque[bytes] = deque()  # frames the caller is still to say
+        self._onset_pending = False  # caller_says queued audio whose first frame is not yet sent
         self._echoing: deque[bytes] = deque(maxlen=50)  # played frames not yet echoed
         await self._send({"event": "connected", "protocol": "Call", "version": "1.0.0"})
         await self._send(
@@ -180,7 +193,10 @@ class TwilioSimulator:
             await asyncio.sleep(max(0.0, next_tick - time.monotonic()))
 
     def caller_says(self, audio: bytes) -> None:
-        """Queue mu-law for the caller to say, 20 ms a frame, after what is queued (then silence)."""
+        """Queue mu-law for the caller to say, 20 ms a frame, after what is queued (then silence);
+        ``said_from`` will be the number of its first frame among the inbound frames sent."""
+        if not self._caller_audio:
+            self._onset_pending = True
         self._caller_audio.extend(frames_of(audio))
 
     @property
@@ -194,6 +210,8 @@ class TwilioSimulator:
         while True:
             chunk += 1
             payload = self._caller_audio.popleft() if self._caller_audio else SILENCE
+            if self._onset_pending and payload is not SILENCE:
+                self._onset_pending, self.said_from = False, self.inbound_sent + 1
             if self._echoing:
                 payload = mix(payload, self._echoing.popleft(), self.echo_gain)
             media = {

@@ -72,6 +72,7 @@ class TwilioCall:
         self.awaiting_echo: dict[str, Utterance] = {}  # mark sent, not yet echoed
         self.dtmf: list[str] = []
         self.inbound_frames = 0
+        self.last_barge_in: dict[str, object] | None = None  # trigger, and the inbound frame it came at
         self.marks_received = 0
         self.protocol_errors = 0
         self.started_at = time.time()
@@ -177,6 +178,7 @@ class TwilioCall:
                 continue
             cut.append(utterance)
         await self._send(twilio_stream.clear_message(self.stream_sid))
+        self.last_barge_in = {"trigger": trigger, "inbound_frame": self.inbound_frames}
         self.state.metrics.barge_in.labels(trigger).observe(time.perf_counter() - began)
         log.info("call %s: barge-in (%s), cut %d utterance(s)", self.stream_sid, trigger, len(cut))
         return [u.utterance_id for u in cut]
@@ -193,6 +195,7 @@ class TwilioCall:
             "queued": len(self.queue),
             "dtmf": "".join(self.dtmf),
             "inbound_frames": self.inbound_frames,
+            "last_barge_in": self.last_barge_in,
             "marks_received": self.marks_received,
             "protocol_errors": self.protocol_errors,
             "utterances": [u.summary() for u in self.utterances],
