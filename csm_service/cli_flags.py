@@ -94,7 +94,9 @@ ENGINE = FlagGroup(
         ),
         Flag("compile_cache_dir", "CPU: where compiled code is cached across restarts (CSM_COMPILE_CACHE_DIR)"),
         Flag(
-            "quantize", "int8: int8 weight-only projections, CPU only (CSM_QUANTIZE; default none)", choices=QUANT_MODES
+            "quantize",
+            "int8: int8 weight-only projections; int8_dynamic: int8 weights and activations (CPU only; CSM_QUANTIZE; default none)",
+            choices=QUANT_MODES,
         ),
         Flag("seed", "seed of the tiny-random weights"),
         Flag("prefix_cache_mb", "voice-prompt KV cache, 0 = off (CSM_PREFIX_CACHE_MB, 1024)"),
@@ -241,9 +243,9 @@ _SERVE_OWN = FlagGroup(
         Flag("grpc_host", "gRPC bind address (CSM_GRPC_HOST, default 0.0.0.0)"),
         Flag("grpc_port", "gRPC port, 0 = any free port (CSM_GRPC_PORT, default 50051)"),
         Flag("drain_timeout_s", "SIGTERM drain deadline (CSM_DRAIN_TIMEOUT_S)"),
+        Flag("throttle_rtf", "debug: generation no faster than this real-time factor, 0 = off (CSM_THROTTLE_RTF, 0)"),
     ),
 )
-        Flag("throttle_rtf", "debug: generation no faster than this real-time factor, 0 = off (CSM_THROTTLE_RTF, 0)"),
 _EDGE_OWN = FlagGroup(
     None, (Flag("engine_addresses", "host:port[,host:port...] of the engine workers (CSM_ENGINE)", name="--engine"),)
 )

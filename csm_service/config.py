@@ -75,7 +75,7 @@ TINY = CsmConfig(
 NAMED_CONFIGS: dict[str, CsmConfig] = {"csm-1b": CSM_1B, "tiny": TINY}
 
 
-QUANT_MODES = ("none", "int8")  # EngineConfig.quantize
+QUANT_MODES = ("none", "int8", "int8_dynamic")  # EngineConfig.quantize
 MIMI_DTYPES = ("float32", "bfloat16")  # EngineConfig.mimi_dtype
 
 
@@ -93,7 +93,7 @@ class EngineConfig:
     use_cuda_graphs: bool = True  # ignored on CPU; --no-cuda-graphs is the eager switch
     compile_cpu: bool = True  # CPU: compile the frame step with Inductor; --no-compile is the eager switch
     compile_cache_dir: str = ""  # Inductor's on-disk cache (a restart reuses it); "" = its default under /tmp
-    quantize: str = "none"  # none | int8 (CPU: int8 weight-only projections, model/quantize.py)
+    quantize: str = "none"  # none | int8 | int8_dynamic (CPU: int8 projections, model/quantize.py)
     mimi_dtype: str = "float32"  # float32 | bfloat16: Mimi's streaming decode (bf16: ~2.5x faster on CPU)
     mimi_weights: str | None = None  # local Mimi weights; default: moshi's file via the hub cache
     seed: int = 0  # seed of the tiny-random weights

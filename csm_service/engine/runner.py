@@ -80,18 +80,19 @@ class ModelRunner:
     ) -> None:
         """``max_batch``: the slots allocated now (the engine builds with WARM_UP_SLOTS and sizes later).
         ``compile_cpu``: on CPU, compile the frame step (else it runs eagerly); ignored elsewhere.
-        ``quantize``: "int8" for int8 weight-only projections (CPU only, model/quantize.py)."""
+        ``quantize``: "int8" (int8 weight-only) or "int8_dynamic" (int8 weights and activations)
+        projections, CPU only (model/quantize.py)."""
         if quantize not in QUANT_MODES:
             raise ValueError(f"quantize: one of {', '.join(QUANT_MODES)}, not {quantize!r}")
         if quantize != "none" and device.type != "cpu":
-            raise ValueError(f"quantize {quantize!r} runs on CPU only (torch has no CUDA int8 weight-only kernel)")
+            raise ValueError(f"quantize {quantize!r} runs on CPU only (its int8 kernels are CPU kernels)")
         self.model = model.to(device=device, dtype=dtype).eval()
         self.compiled = compile_cpu and device.type == "cpu" and can_compile()
         self.quantize = quantize
         # Prepacked oneDNN weights, compiled or not (model/fuse.py); int8 weights have their own kernel.
         fuse_projections(self.model, pack_cpu=device.type == "cpu" and quantize == "none")
-        if quantize == "int8":
-            quantize_int8(self.model)
+        if quantize != "none":
+            quantize_int8(self.model, quantize)
             pack_heads(self.model)  # the heads stay in the model dtype, prepacked
         self.pieces = compile_pieces(compile_cache_dir) if self.compiled else EAGER
         self.compile_s: float | None = None  # seconds the compiled variants took at capture

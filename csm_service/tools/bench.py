@@ -25,6 +25,7 @@ from csm_service.tools.bench_common import command_line, device_name, synchroniz
 
 WARMUP_FRAMES = 3  # both implementations get the same untimed run first
 GREEDY_FRAMES = 8  # int8 vs bf16: greedy codes compared over this many frames
+INT8_MODES = ("int8", "int8_dynamic")  # --quantize modes the frame bench runs (bf16, compiled)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
@@ -91,14 +92,14 @@ def time_transformers(hf_model, ids: torch.Tensor, frames: int, device: torch.de
 
 def _variants(device: torch.device, dtype_name: str, args: argparse.Namespace) -> list[tuple[str, dict]]:
     """Our runs for one dtype: (label, ModelRunner options). CPU: eager, compiled, and compiled with
-    int8 weights (bf16 only: the int8 kernel is fast with bf16 activations, slow with fp32 ones)."""
+    each int8 mode (bf16 only: the weight-only kernel is fast with bf16 activations, slow with fp32)."""
     if device.type == "cuda":
         return [("eager" if args.no_cuda_graphs else "cuda graphs", {"use_cuda_graphs": not args.no_cuda_graphs})]
     out: list[tuple[str, dict]] = [("eager", {})]
     if not args.no_compile:
         out.append(("compiled", {"compile_cpu": True}))
         if dtype_name == "bfloat16" and not args.no_int8:
-            out.append(("compiled+int8", {"compile_cpu": True, "quantize": "int8"}))
+            out += [(f"compiled+{mode}", {"compile_cpu": True, "quantize": mode}) for mode in INT8_MODES]
     return out
 
 
@@ -170,7 +171,7 @@ def bench_frame(args: argparse.Namespace) -> dict:
         "command": command_line(),
         "results": rows,
     }
-    if "bfloat16 compiled+int8" in greedy and "bfloat16 compiled" in greedy:
+    if "bfloat16 compiled" in greedy and len(greedy) > 1:
         result["int8_quality"] = _int8_quality(hf_model, cfg, ids, device, greedy)
     if not args.no_mimi:
         result["mimi"] = bench_mimi.time_mimi(device, args.config, args.mimi_rows, args.frames)
@@ -178,25 +179,29 @@ def bench_frame(args: argparse.Namespace) -> dict:
 
 
 def _int8_quality(hf_model, cfg, ids: torch.Tensor, device: torch.device, greedy: dict) -> dict:  # noqa: ANN001
-    """int8 against bf16 (greedy codes) and against fp32 (codebook 0's logits after the prompt)."""
+    """Each int8 mode against bf16 (greedy codes) and against fp32 (codebook 0's logits after the prompt)."""
     from csm_service.model.loader import model_from_state_dict
 
     fp32 = ModelRunner(model_from_state_dict(hf_model.float().state_dict(), cfg), 2, device, torch.float32)
     fp32_codes, reference_logits = _greedy_frames(fp32, ids, GREEDY_FRAMES)
     del fp32
-    int8_codes, int8_logits = greedy["bfloat16 compiled+int8"]
     bf16_codes, bf16_logits = greedy["bfloat16 compiled"]
 
     def deviation(logits: torch.Tensor) -> dict[str, float]:
         diff = logits - reference_logits
         return {"relative_l2": float(diff.norm() / reference_logits.norm()), "max_abs": float(diff.abs().max())}
 
-    return {
+    result: dict[str, object] = {
         "greedy_frames": GREEDY_FRAMES,
-        "int8_vs_bf16": _agreement(int8_codes, bf16_codes),
         "bf16_vs_fp32": _agreement(bf16_codes, fp32_codes),  # for scale: random weights give near-flat logits
-        "logits_vs_fp32": {"bf16": deviation(bf16_logits), "int8": deviation(int8_logits)},
+        "logits_vs_fp32": {"bf16": deviation(bf16_logits)},
     }
+    for mode in INT8_MODES:
+        if f"bfloat16 compiled+{mode}" in greedy:
+            codes, logits = greedy[f"bfloat16 compiled+{mode}"]
+            result[f"{mode}_vs_bf16"] = _agreement(codes, bf16_codes)
+            result["logits_vs_fp32"][mode] = deviation(logits)  # type: ignore[index]
+    return result
 
 
 def _seconds(value: float | None) -> str:
@@ -220,15 +225,19 @@ def print_frame_table(result: dict) -> None:
             )
     quality = result.get("int8_quality")
     if quality:
-        agree, logits = quality["int8_vs_bf16"], quality["logits_vs_fp32"]
+        bf16 = quality["bf16_vs_fp32"]
         print(
-            f"int8 vs bf16, {quality['greedy_frames']} greedy frames: {agree['frames_identical_before_first_difference']} "
-            f"identical before the first difference, {100 * agree['codes_equal_fraction']:.1f} % of codes equal "
-            f"(bf16 vs fp32: {quality['bf16_vs_fp32']['frames_identical_before_first_difference']}, "
-            f"{100 * quality['bf16_vs_fp32']['codes_equal_fraction']:.1f} %); "
-            f"codebook-0 logits vs fp32 (relative L2): bf16 {logits['bf16']['relative_l2']:.4f}, "
-            f"int8 {logits['int8']['relative_l2']:.4f}"
+            f"{quality['greedy_frames']} greedy frames: bf16 vs fp32 {bf16['frames_identical_before_first_difference']} "
+            f"identical before the first difference, {100 * bf16['codes_equal_fraction']:.1f} % of codes equal"
         )
+        for mode in INT8_MODES:
+            if f"{mode}_vs_bf16" in quality:
+                agree, logits = quality[f"{mode}_vs_bf16"], quality["logits_vs_fp32"]
+                print(
+                    f"{mode} vs bf16: {agree['frames_identical_before_first_difference']} frames identical, "
+                    f"{100 * agree['codes_equal_fraction']:.1f} % of codes equal; codebook-0 logits vs fp32 "
+                    f"(relative L2): bf16 {logits['bf16']['relative_l2']:.4f}, {mode} {logits[mode]['relative_l2']:.4f}"
+                )
     for m in result.get("mimi", []):
         print(
             f"Mimi streaming decode, {m.get('dtype', 'float32')}, {m['rows']} rows: {m['ms_per_frame']:.1f} ms per 80 ms frame"
@@ -248,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     frame.add_argument("--no-peer", action="store_true", help="skip transformers")
     frame.add_argument("--no-cuda-graphs", action="store_true", help="ours eager on CUDA")
     frame.add_argument("--no-compile", action="store_true", help="CPU: eager only")
-    frame.add_argument("--no-int8", action="store_true", help="CPU: skip compiled+int8 (bf16)")
+    frame.add_argument("--no-int8", action="store_true", help="CPU: skip the compiled int8 runs (bf16)")
     frame.add_argument("--no-mimi", action="store_true", help="skip Mimi's decode timing")
     frame.add_argument("--mimi-rows", default="1,4,8", help="Mimi decode: rows (streams) per call")
     frame.add_argument("--json", help="also write the JSON here")

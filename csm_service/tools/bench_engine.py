@@ -19,7 +19,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from csm_service.config import NAMED_CONFIGS, TINY_RANDOM, EngineConfig
+from csm_service.config import NAMED_CONFIGS, QUANT_MODES, TINY_RANDOM, EngineConfig
 from csm_service.core.constants import FRAME_MS
 from csm_service.core.events import Finished
 from csm_service.core.request import SpeechRequest
@@ -161,6 +161,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repeats", type=int, default=5, help="time-to-first-audio samples")
     p.add_argument("--no-cuda-graphs", action="store_true")
     p.add_argument("--no-compile", action="store_true", help="CPU: the eager frame step")
-    p.add_argument("--quantize", default="none", choices=("none", "int8"), help="CPU: int8 weight-only projections")
+    p.add_argument("--quantize", default="none", choices=QUANT_MODES, help="CPU: int8 projections (model/quantize.py)")
     p.add_argument("--mimi-dtype", default="float32", choices=("float32", "bfloat16"), help="Mimi's decode")
     p.add_argument("--json", help="also write the JSON here")
