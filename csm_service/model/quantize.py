@@ -108,12 +108,23 @@ class Int8DynamicLinear(nn.Module):
         q, scale = per_channel_int8(weight)
         zero_points = torch.zeros(self.out_features, dtype=torch.int64)
         qweight = torch._make_per_channel_quantized_tensor(q, scale.double(), zero_points, 0)
-        self.register_buffer("weight_int8", q)  # what the packed weight holds, for inspection
-        self.register_buffer("scale", scale)
         with _handle_lock:
             self.handle = next(_handles)
         _DYNAMIC[self.handle] = torch.ops.quantized.linear_prepack(qweight, None)
         weakref.finalize(self, _DYNAMIC.pop, self.handle, None)
+
+    @property
+    def weight_int8(self) -> torch.Tensor:
+        """q int8 [N, K], read back from the packed weight (kept once: no copy beside it)."""
+        return self._unpacked().int_repr()
+
+    @property
+    def scale(self) -> torch.Tensor:
+        """scale float32 [N]."""
+        return self._unpacked().q_per_channel_scales().float()
+
+    def _unpacked(self) -> torch.Tensor:
+        return torch.ops.quantized.linear_unpack(_DYNAMIC[self.handle])[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [..., K] -> [..., N]
         return torch.ops.csm.int8_dynamic_linear(x, self.handle, self.out_features)
