@@ -98,6 +98,7 @@ ENGINE = FlagGroup(
             "int8: int8 weight-only projections; int8_dynamic: int8 weights and activations (CPU only; CSM_QUANTIZE; default none)",
             choices=QUANT_MODES,
         ),
+        Flag("cpu_threads", "CPU: threads of the engine's matrix products, 0 = one per core (CSM_CPU_THREADS)"),
         Flag("seed", "seed of the tiny-random weights"),
         Flag("prefix_cache_mb", "voice-prompt KV cache, 0 = off (CSM_PREFIX_CACHE_MB, 1024)"),
         Flag(

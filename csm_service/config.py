@@ -95,6 +95,9 @@ class EngineConfig:
     compile_cache_dir: str = ""  # Inductor's on-disk cache (a restart reuses it); "" = its default under /tmp
     quantize: str = "none"  # none | int8 | int8_dynamic (CPU: int8 projections, model/quantize.py)
     mimi_dtype: str = "float32"  # float32 | bfloat16: Mimi's streaming decode (bf16: ~2.5x faster on CPU)
+    # CPU threads of the engine thread (its matrix products); other threads that run torch use one
+    # (engine/threads.py). 0 = torch's default, one per core; set it to the pod's CPU limit.
+    cpu_threads: int = 0
     mimi_weights: str | None = None  # local Mimi weights; default: moshi's file via the hub cache
     seed: int = 0  # seed of the tiny-random weights
     prefix_cache_mb: int = 1024  # device memory for voice-prompt KV prefixes (0: no cache)
@@ -110,6 +113,8 @@ class EngineConfig:
     def __post_init__(self) -> None:
         if self.quantize not in QUANT_MODES:
             raise ValueError(f"quantize: one of {', '.join(QUANT_MODES)}, not {self.quantize!r}")
+        if self.cpu_threads < 0:
+            raise ValueError(f"cpu_threads must be >= 0 (0: one per core), not {self.cpu_threads}")
         if self.mimi_dtype not in MIMI_DTYPES:
             raise ValueError(f"mimi_dtype: one of {', '.join(MIMI_DTYPES)}, not {self.mimi_dtype!r}")
 

@@ -12,6 +12,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the network
 os.environ.setdefault("CSM_COMPILE_CPU", "0")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+# The tests' own torch work runs on the main thread with one CPU thread, so it makes no OpenMP pool
+# beside the in-process engines' threads (engine/threads.py: a second pool on 2 cores makes every
+# engine frame ~3x slower). Imported first, threads.py has read torch's default for the engines.
+from csm_service.engine.threads import use_cpu_threads
+
+use_cpu_threads(1)
+
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "gpu: needs CUDA; skipped with a printed reason without it")

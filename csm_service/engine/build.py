@@ -15,6 +15,7 @@ from csm_service.codec.mimi import MimiCodec, resolve_mimi_weights
 from csm_service.config import EngineConfig
 from csm_service.engine.engine import Engine
 from csm_service.engine.runner import WARM_UP_SLOTS, ModelRunner, pick_device, pick_dtype
+from csm_service.engine.threads import engine_cpu_threads, run_on_fresh_thread, use_cpu_threads
 from csm_service.model.csm import CSM
 from csm_service.model.registry import ModelEntry, model_entry
 
@@ -48,13 +49,21 @@ def build_runner(cfg: EngineConfig, model: CSM, device: torch.device, dtype: tor
 
 
 def build_engine(cfg: EngineConfig, start: bool = True) -> Engine:
+    """Load the model on a thread of its own (its OpenMP pool ends with it, engine/threads.py), then
+    start the engine thread, which warms up and serves."""
+    engine = run_on_fresh_thread(lambda: load_engine(cfg), name="csm-load")
+    if start:
+        engine.start()
+    return engine
+
+
+def load_engine(cfg: EngineConfig) -> Engine:
+    """Build and load (not started): the model, Mimi and the runner, with the engine's CPU threads."""
+    use_cpu_threads(engine_cpu_threads(cfg.cpu_threads))
     device = pick_device(cfg.device)
     dtype = pick_dtype(cfg.dtype, device)
     log.info("loading model %s on %s (%s)", cfg.model, device, dtype)
     entry = model_entry(cfg.model)
     model, tokenizer = entry.load(cfg.model, cfg.seed, dtype)  # on CPU, each tensor cast as it is read
     codec = build_codec(cfg, entry, device)
-    engine = Engine(build_runner(cfg, model, device, dtype), codec, tokenizer, cfg)
-    if start:
-        engine.start()
-    return engine
+    return Engine(build_runner(cfg, model, device, dtype), codec, tokenizer, cfg)

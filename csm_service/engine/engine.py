@@ -34,6 +34,7 @@ from csm_service.engine.runner import ModelRunner
 from csm_service.engine.scheduler import Scheduler
 from csm_service.engine.startup import size_slots, warm_up
 from csm_service.engine.state import EngineStats, Event, RequestHandle, Sink
+from csm_service.engine.threads import engine_cpu_threads, use_cpu_threads
 from csm_service.model.tokenizer import TextTokenizer
 from csm_service.text.normalize import normalize
 
@@ -119,17 +120,25 @@ class Engine(Admission, FrameStep):
         return handle
 
     def encode_prompt(self, pcm: np.ndarray, sample_rate: int) -> np.ndarray:
-        """float32 mono audio at any rate -> Mimi codes [32, F] (thread-safe, beside the loop)."""
+        """float32 mono audio at any rate -> Mimi codes [32, F] (thread-safe, beside the loop, on the
+        caller's thread with one CPU thread: no second OpenMP pool beside the engine's)."""
+        use_cpu_threads(1)
         if sample_rate != SAMPLE_RATE:
             pcm = soxr.resample(pcm, sample_rate, SAMPLE_RATE, quality="HQ").astype(np.float32)
         return self.codec.encode(pcm)
 
     def start(self) -> None:
-        """Warm up, size the slots, capture, then start the loop thread and report SERVING."""
-        self._warm_up()
-        self._thread = threading.Thread(target=self._run, name="csm-engine", daemon=True)
-        self.state = "serving"
+        """Start the engine thread, which warms up, sizes the slots, captures and then serves; return
+        once it serves, or raise what stopped its start-up. Everything the model computes from here
+        on runs on that one thread (engine/threads.py)."""
+        ready = threading.Event()
+        failure: list[BaseException] = []
+        self._thread = threading.Thread(target=self._serve, args=(ready, failure), name="csm-engine", daemon=True)
         self._thread.start()
+        ready.wait()
+        if failure:
+            self._thread.join()
+            raise failure[0]
         log.info("engine serving: %d slots, queue %d", self.num_slots, self.cfg.max_queue)
 
     def drain(self) -> None:
@@ -205,6 +214,22 @@ class Engine(Admission, FrameStep):
         # Mimi at the final row count, no row live (moshi's streaming graphs are made here, not on a call).
         self.codec.decode_step(self._decode_codes, self._decode_mask)
         self.runner.capture_graphs()
+
+    def _serve(self, ready: threading.Event, failure: list[BaseException]) -> None:
+        """The engine thread: its CPU threads (and CUDA device), start-up, then the loop."""
+        try:
+            use_cpu_threads(engine_cpu_threads(self.cfg.cpu_threads))
+            if self.runner.device.type == "cuda":
+                torch.cuda.set_device(self.runner.device)  # graphs and streams on the engine's device
+            self._warm_up()
+        except BaseException as exc:  # noqa: BLE001 - start() re-raises it on the caller's thread
+            failure.append(exc)
+            self.state = "stopped"
+            ready.set()
+            return
+        self.state = "serving"
+        ready.set()
+        self._run()
 
     def _run(self) -> None:
         while True:

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from csm_service.codec.mimi import MOSHI_CAPTURE_CALLS, MimiCodec
+from csm_service.engine.threads import use_cpu_threads
 
 NUM_ROWS = 3
 NUM_FRAMES = 12
@@ -42,9 +43,12 @@ def test_concurrent_encode_and_decode_equal_sequential():
     start = threading.Barrier(2)
     decoding_done = threading.Event()
     errors: list[BaseException] = []
+    # The same CPU thread count as the sequential run: another count sums in another order (last bits).
+    cpu_threads = torch.get_num_threads()
 
     def encoder() -> None:
         try:
+            use_cpu_threads(cpu_threads)
             start.wait()
             while not decoding_done.is_set() or not got_codes:  # at least one full round, overlapping
                 got_codes.append([codec.encode(p) for p in prompts])
@@ -53,6 +57,7 @@ def test_concurrent_encode_and_decode_equal_sequential():
 
     def decoder() -> None:
         try:
+            use_cpu_threads(cpu_threads)
             start.wait()
             got_pcm.extend(_decode_all_frames(codec, frames))
         except BaseException as exc:  # noqa: BLE001
