@@ -2,7 +2,9 @@
 
 The streaming decoder holds one moshi streaming state for all engine slots ([max_batch] rows):
 a slot's row is reset when a request is admitted to it, and an execution mask keeps the rows of
-idle slots unchanged, so every live stream is decoded in one batched call per frame.
+idle slots unchanged, so every live stream is decoded in one batched call per frame. A call
+decodes the first n rows, those the frame step ran: on CPU only those are computed
+(codec/row_window.py), on CUDA moshi's graphs run every row and the rest stay idle.
 
 Threads: the engine thread decodes, caller threads encode voice prompts. moshi keeps process-wide
 state that both would otherwise share:
@@ -30,12 +32,16 @@ import logging
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from csm_service.codec.moshi_internals import mark_codebook_initialized, moshi_mimi_config
 from csm_service.core.constants import NUM_CODEBOOKS, NUM_MIMI_CODES, SAMPLES_PER_FRAME
+
+if TYPE_CHECKING:
+    from csm_service.codec.row_window import RowWindows
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +167,8 @@ class MimiCodec:
         self._streaming = contextlib.ExitStack()  # moshi's streaming(): closing it leaves streaming mode
         self._stream_rows = 0
         self._decode_calls = 0  # decode calls since start_streaming (moshi captures on the first ones)
+        self._row_windows: RowWindows | None = None  # CPU: decode a call's rows only
+        self._idle_codes = self._idle_mask = torch.empty(0)  # CUDA: a call's rows padded to the full count
 
     @contextlib.contextmanager
     def exclusive(self) -> Iterator[None]:
@@ -197,6 +205,14 @@ class MimiCodec:
             self._streaming = self.mimi.streaming(num_rows)  # fresh state: moshi captures its graphs again
             self._stream_rows = num_rows
             self._decode_calls = 0
+            if self.device.type == "cuda":  # moshi's graphs decode every row: the rows past a call's are idle
+                self._row_windows = None
+                self._idle_codes = torch.zeros(num_rows, NUM_CODEBOOKS, dtype=torch.int64, device=self.device)
+                self._idle_mask = torch.zeros(num_rows, dtype=torch.bool, device=self.device)
+            else:
+                from csm_service.codec.row_window import RowWindows
+
+                self._row_windows = RowWindows(self.mimi)  # a call decodes its rows only (codec/row_window.py)
 
     def reset_rows(self, rows: torch.Tensor) -> None:
         """rows [num_rows] bool: forget the streaming history of these rows (new utterances)."""
@@ -204,16 +220,32 @@ class MimiCodec:
 
     @torch.inference_mode()
     def decode_step(self, codes: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
-        """codes [num_rows, 32], active [num_rows] bool -> pcm [num_rows, 1920] for one frame.
+        """codes [n, 32], active [n] bool for the first n streaming rows -> pcm [n, 1920], one frame.
 
-        Rows not active keep their state untouched (their output is meaningless). The first calls
-        after ``start_streaming`` (moshi captures its graphs in them) wait for an encode in flight.
+        Rows not active, and rows from n on, keep their state untouched (an inactive row's output is
+        meaningless). On CPU only the n rows are computed. The first calls after
+        ``start_streaming`` (moshi captures its graphs in them) wait for an encode in flight.
         """
         if self._decode_calls >= MOSHI_CAPTURE_CALLS:
-            return self._decode_frame(codes, active)
+            return self._decode_rows(codes, active)
         with self._gpu_lock:
             self._decode_calls += 1
+            return self._decode_rows(codes, active)
+
+    def _decode_rows(self, codes: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+        n = codes.shape[0]
+        if not 0 < n <= self._stream_rows or active.shape != (n,):
+            raise ValueError(
+                f"decode_step: {n} rows with a mask of {tuple(active.shape)} ({self._stream_rows} streaming)"
+            )
+        if n == self._stream_rows:
             return self._decode_frame(codes, active)
+        if self._row_windows is not None:
+            return self._row_windows.call(n, lambda: self._decode_frame(codes, active))
+        self._idle_codes[:n] = codes  # CUDA: the full row count, the rows from n on idle
+        self._idle_mask.zero_()
+        self._idle_mask[:n] = active
+        return self._decode_frame(self._idle_codes, self._idle_mask)[:n]
 
     def _decode_frame(self, codes: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
         self.mimi.set_exec_mask(active.to(self.device))

@@ -66,13 +66,10 @@ class Engine(Admission, FrameStep):
         self.prefix_cache = PrefixCache(cfg.prefix_cache_mb << 20)
 
     def _use_slots(self, num_slots: int) -> None:
-        """Scheduler, Mimi's streaming rows and the decode buffers for ``num_slots`` batch slots."""
+        """Scheduler and Mimi's streaming rows for ``num_slots`` batch slots."""
         self.num_slots = num_slots
         self.scheduler = Scheduler(num_slots, self.cfg.max_queue)
         self.codec.start_streaming(num_slots)
-        device, num_codebooks = self.runner.device, self.model_cfg.num_codebooks
-        self._decode_codes = torch.zeros(num_slots, num_codebooks, dtype=torch.int64, device=device)  # [N, K]
-        self._decode_mask = torch.zeros(num_slots, dtype=torch.bool, device=device)  # [N]
 
     # -- public API (any thread) ----------------------------------------------------------------
     @property
@@ -212,7 +209,11 @@ class Engine(Admission, FrameStep):
         self.runner.allocate_slots(plan.num_slots)
         self._use_slots(plan.num_slots)
         # Mimi at the final row count, no row live (moshi's streaming graphs are made here, not on a call).
-        self.codec.decode_step(self._decode_codes, self._decode_mask)
+        device, num_codebooks = self.runner.device, self.model_cfg.num_codebooks
+        self.codec.decode_step(
+            torch.zeros(plan.num_slots, num_codebooks, dtype=torch.int64, device=device),  # [N, K]
+            torch.zeros(plan.num_slots, dtype=torch.bool, device=device),  # [N]: no row live
+        )
         self.runner.capture_graphs()
 
     def _serve(self, ready: threading.Event, failure: list[BaseException]) -> None:

@@ -44,13 +44,10 @@ class FrameStep(Delivery):
         # End of utterance (the all-zero frame) is decided on the device, so Mimi's decode is
         # queued right behind the step; the host waits once, for codes and audio together.
         is_live = self.runner.is_active[:num_rows].bool() & (codes != 0).any(dim=1)  # [n]
-        self._decode_mask.zero_()
-        self._decode_mask[:num_rows] = is_live
-        self._decode_codes[:num_rows] = codes
-        pcm_device = self.codec.decode_step(self._decode_codes, self._decode_mask)
+        pcm_device = self.codec.decode_step(codes, is_live)  # [n, 1920]: Mimi's rows past n are untouched
         # Copies: on CPU .cpu() would alias the runner's and the codec's reused buffers.
         codes_host = codes.to("cpu", copy=True).numpy()
-        pcm = pcm_device.to("cpu", copy=True).numpy()  # [max_batch, 1920]; rows not live are meaningless
+        pcm = pcm_device.to("cpu", copy=True).numpy()  # [n, 1920]; rows not live are meaningless
         is_eos = (codes_host == 0).all(axis=1)
         now = time.perf_counter()
         done: list[tuple[int, str, str | None]] = []

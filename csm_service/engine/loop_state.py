@@ -36,7 +36,7 @@ class StreamingCodec(Protocol):
         ...
 
     def decode_step(self, codes: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
-        """codes [num_rows, 32], active [num_rows] bool -> pcm [num_rows, 1920] for one frame."""
+        """codes [n, 32], active [n] bool, for the first n rows -> pcm [n, 1920] for one frame."""
         ...
 
     def encode(self, pcm: np.ndarray) -> np.ndarray:
@@ -59,5 +59,3 @@ class LoopState:
     prefills: dict[int, PrefillTask]  # slots whose prefill is in progress, oldest first
     observe_frame_interval: Callable[[float], None]  # seconds per frame between a stream's chunks (metrics)
     _cond: threading.Condition  # the lock around slots, prefills, the scheduler and the state
-    _decode_codes: torch.Tensor  # [num_slots, K] int64: the frame handed to the codec
-    _decode_mask: torch.Tensor  # [num_slots] bool: the rows the codec decodes
