@@ -12,6 +12,7 @@ the generation (frames, audio seconds, real-time factor); ``--no-progress`` turn
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import shutil
 import subprocess
@@ -152,13 +153,17 @@ def voice_context(
     return [], None
 
 
+# One utterance at a time: the Synthesizer's own slot and queue sizes, whatever the flags say.
+SAY_OWN_FIELDS = ("model", "max_batch", "max_queue")
+
+
 def load_synthesizer(cfg: EngineConfig) -> Synthesizer:
+    """The engine as every other engine flag asks (--no-compile, --quantize, --cpu-threads...)."""
     from csm_service.synthesizer import Synthesizer
 
     print(f"loading {cfg.model} ...", file=sys.stderr)
-    return Synthesizer.from_pretrained(
-        cfg.model, device=cfg.device, dtype=cfg.dtype, mimi_weights=cfg.mimi_weights, seed=cfg.seed
-    )
+    options = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name not in SAY_OWN_FIELDS}
+    return Synthesizer.from_pretrained(cfg.model, **options)
 
 
 def generate(
