@@ -31,7 +31,7 @@ METRICS_PATH = "/metrics"  # open with keys on only when ServiceConfig.public_me
 # <Parameter name="api_key"> in the start event (Twilio sends no Authorization header).
 SELF_AUTH_PREFIXES = (NATIVE_WS_PREFIX, "/v1/twilio/media-stream")
 UNMATCHED = "unmatched"  # the metrics label of a path no route serves
-CALLER = "csm_caller"  # request[CALLER]: resolved once per request
+CALLER: web.RequestKey[Caller] = web.RequestKey("csm_caller", "Caller")  # request[CALLER]: resolved once per request
 INFLIGHT_RETRY_S = 1.0  # an utterance usually ends within seconds; the client may try again then
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
