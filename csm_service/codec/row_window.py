@@ -11,8 +11,11 @@ moshi 0.2.13's streaming states (``State`` dataclasses) keep per-row tensors fir
 (conv history, offsets, masks) and the attention's ring cache as ``[2, batch, heads, T, dim]``.
 Their updates are mostly in place, so they land in the full tensors through the views; the one
 field moshi reassigns (``first`` of a replicate-padded conv) and the shared integer offsets are
-copied back after the decode. Anything else a moshi upgrade adds fails :func:`row_fields` loudly;
-tests/unit/test_mimi_rows.py checks a windowed decode against the masked full-batch decode.
+copied back after the decode. A state field that is neither a known shared field nor a tensor with
+the rows first makes :func:`row_fields` raise. That check cannot see everything (a new attribute
+of the ring cache, or a shared tensor whose first dimension happens to equal the row count), so
+tests/unit/test_mimi_rows.py checks a windowed decode against the masked full-batch decode on the
+installed moshi.
 
 CPU only: on CUDA moshi replays graphs captured at the full row count, with fixed tensor
 addresses, so the codec decodes every row there (one replay; the spare rows cost little).
@@ -80,10 +83,16 @@ class RowWindow:
         return view
 
     def sync_in(self) -> None:
-        """Before a call: the shared integers the full state holds now (a reset zeroes them there)."""
+        """Before a call: the shared integers the full state holds now (a reset zeroes them there),
+        and views of any per-row tensor a call on all rows replaced (no window saw that call)."""
+        n = self.num_rows
         for name, view in self.views.items():
+            state = self.full[name]
             if hasattr(view, "offset_cpu"):
-                view.offset_cpu = self.full[name].offset_cpu
+                view.offset_cpu = state.offset_cpu
+            for field in self.fields[name]:
+                if getattr(view, field).data_ptr() != getattr(state, field).data_ptr():
+                    setattr(view, field, getattr(state, field)[:n])
 
     def sync_back(self) -> None:
         """After a call on the views: what moshi replaced instead of updating in place goes back into

@@ -136,6 +136,8 @@ class Engine(Admission, FrameStep):
         if failure:
             self._thread.join()
             raise failure[0]
+        if self.state != "serving":
+            raise EngineUnavailable("the engine was stopped during start-up")
         log.info("engine serving: %d slots, queue %d", self.num_slots, self.cfg.max_queue)
 
     def drain(self) -> None:
@@ -220,15 +222,19 @@ class Engine(Admission, FrameStep):
         """The engine thread: its CPU threads (and CUDA device), start-up, then the loop."""
         try:
             use_cpu_threads(engine_cpu_threads(self.cfg.cpu_threads))
-            if self.runner.device.type == "cuda":
-                torch.cuda.set_device(self.runner.device)  # graphs and streams on the engine's device
+            device = self.runner.device
+            if device.type == "cuda" and device.index is not None:  # "cuda" alone: the current device
+                torch.cuda.set_device(device)  # graphs and streams on the engine's device
             self._warm_up()
         except BaseException as exc:  # noqa: BLE001 - start() re-raises it on the caller's thread
             failure.append(exc)
-            self.state = "stopped"
+            with self._cond:
+                self.state = "stopped"
             ready.set()
             return
-        self.state = "serving"
+        with self._cond:
+            if self.state == "starting":  # stop() during the warm-up wins: the loop never starts
+                self.state = "serving"
         ready.set()
         self._run()
 
