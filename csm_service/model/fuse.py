@@ -8,10 +8,10 @@
   prepacked (docs/benchmarks.md).
 
 A prepacked weight is an opaque oneDNN tensor that ``torch.compile`` cannot trace, so inside a
-compiled graph the product is the custom operator ``csm::packed_linear``, which names its weight
-by a handle (an int) into this module's table: the compiled frame step (engine/compiled.py) calls
-the same oneDNN kernel as the eager one, and a codebook's head is the handle of the first head plus
-the codebook (a symbolic int), so one graph serves every codebook.
+compiled graph the product is the operator ``csm::packed_linear`` (model/handle_ops.py), which
+names its weight by a handle (an int) into this module's table: the compiled frame step
+(engine/compiled.py) calls the same oneDNN kernel as the eager one, and a codebook's head is the
+handle of the first head plus the codebook (a symbolic int), so one graph serves every codebook.
 
 Applied by the runner after the dtype cast; the model's parameters stay where the loader put them
 for anything that needs the plain names.
@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from csm_service.model.csm import CSM
+from csm_service.model.handle_ops import define_handle_op
 
 log = logging.getLogger(__name__)
 
@@ -36,15 +37,12 @@ _handles = itertools.count()
 _handle_lock = threading.RLock()  # a PackedHeads' handles are consecutive even if threads pack at once
 
 
-@torch.library.custom_op("csm::packed_linear", mutates_args=())
-def packed_linear(x: torch.Tensor, handle: int, out_features: int) -> torch.Tensor:
+def _packed_linear(x: torch.Tensor, handle: int, out_features: int) -> torch.Tensor:
     """x [..., K] @ the prepacked weight ``handle`` [N, K].T -> [..., N]."""
     return torch.ops.mkldnn._linear_pointwise(x, _PACKED[handle], None, "none", [], "")
 
 
-@packed_linear.register_fake
-def _(x: torch.Tensor, handle: int, out_features: int) -> torch.Tensor:
-    return x.new_empty((*x.shape[:-1], out_features))
+define_handle_op("packed_linear", _packed_linear)
 
 
 class PackedLinear(nn.Module):

@@ -18,7 +18,7 @@ products cannot saturate), which outliers in trained activations make worse than
 show. torch 2.13 marks the quantized-tensor API this mode packs its weights with as deprecated
 (torchao is its successor), so it stays an experiment until torchao has a CPU kernel as fast.
 fbgemm's packed weight cannot be traced, so like a prepacked oneDNN weight
-(model/fuse.py) it is named by a handle through the custom operator ``csm::int8_dynamic_linear``.
+(model/fuse.py) it is named by a handle through the operator ``csm::int8_dynamic_linear`` (model/handle_ops.py).
 
 The kernels exist for CPU, not CUDA; the engine refuses both modes elsewhere. Default off: how far
 the codes drift from bf16 can only be judged on trained weights (docs/benchmarks.md reports the
@@ -39,6 +39,7 @@ from torch import nn
 
 from csm_service.config import QUANT_MODES
 from csm_service.model.csm import CSM
+from csm_service.model.handle_ops import define_handle_op
 
 __all__ = ["QUANT_MODES", "Int8DynamicLinear", "Int8Linear", "quantize_int8"]
 
@@ -67,17 +68,15 @@ def has_vnni(cpuinfo: str = "/proc/cpuinfo") -> bool:
     return "avx512_vnni" in flags or "avx_vnni" in flags
 
 
-@torch.library.custom_op("csm::int8_dynamic_linear", mutates_args=())
-def int8_dynamic_linear(x: torch.Tensor, handle: int, out_features: int) -> torch.Tensor:
-    """x [..., K] (any float dtype) @ the packed int8 weight ``handle`` [N, K].T -> [..., N] in x's dtype."""
-    flat = x.reshape(-1, x.shape[-1]).float()
-    out = torch.ops.quantized.linear_dynamic(flat, _DYNAMIC[handle], not has_vnni())  # reduce_range without VNNI
-    return out.to(x.dtype).reshape(*x.shape[:-1], out_features)
+_REDUCE_RANGE = not has_vnni()  # 7-bit activations without VNNI, so fbgemm's u8 x s8 sums cannot saturate
 
 
-@int8_dynamic_linear.register_fake
-def _(x: torch.Tensor, handle: int, out_features: int) -> torch.Tensor:
-    return x.new_empty((*x.shape[:-1], out_features))
+def _int8_dynamic_linear(x: torch.Tensor, handle: int, out_features: int) -> torch.Tensor:
+    """x [M, K] float32 @ the packed int8 weight ``handle`` [N, K].T -> [M, N] float32."""
+    return torch.ops.quantized.linear_dynamic(x, _DYNAMIC[handle], _REDUCE_RANGE)
+
+
+define_handle_op("int8_dynamic_linear", _int8_dynamic_linear)
 
 
 class Int8Linear(nn.Module):
@@ -127,7 +126,10 @@ class Int8DynamicLinear(nn.Module):
         return torch.ops.quantized.linear_unpack(_DYNAMIC[self.handle])[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [..., K] -> [..., N]
-        return torch.ops.csm.int8_dynamic_linear(x, self.handle, self.out_features)
+        # fbgemm takes and returns float32; compiled, the casts fuse into the neighbouring kernels.
+        flat = x.reshape(-1, self.in_features).float()  # [M, K]
+        out = torch.ops.csm.int8_dynamic_linear(flat, self.handle, self.out_features)  # [M, N] float32
+        return out.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 weights and activations"

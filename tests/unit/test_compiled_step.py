@@ -115,7 +115,7 @@ def test_int8_dynamic_linear_is_within_the_activation_rounding_of_the_dequantize
         assert (out.float() - exact).abs().max() > 0  # activations really are rounded (not a float product)
 
 
-def test_int8_dynamic_traces_through_its_custom_op():
+def test_int8_dynamic_traces_through_its_handle_op():
     torch.manual_seed(0)
     layer = Int8DynamicLinear(torch.randn(48, 32))
     compiled = torch.compile(lambda x: layer(x).relu() * 2, fullgraph=True, backend="aot_eager")
@@ -170,8 +170,8 @@ def test_counting_top_k_picks_the_same_candidates_as_sorting():
 
 @needs_cxx
 @pytest.mark.skipif(not can_pack_cpu(), reason="no oneDNN linear kernels in this torch build")
-def test_packed_weights_trace_through_the_custom_op():
-    """Prepacked oneDNN weights (full-size models) inside a compiled graph: the custom op gives the
+def test_packed_weights_trace_through_the_handle_op():
+    """Prepacked oneDNN weights (full-size models) inside a compiled graph: the handle op gives the
     eager product, and one graph serves every codebook's head (the codebook is symbolic)."""
     torch.manual_seed(0)
     linear = PackedLinear(torch.randn(48, 32))
@@ -184,3 +184,15 @@ def test_packed_weights_trace_through_the_custom_op():
     for codebook in range(1, 6):
         torch.testing.assert_close(compiled_heads(codebook, x), heads(codebook, x) * 2, rtol=1e-5, atol=1e-5)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] <= 2  # codebook 1 specialised, then one for all
+
+
+@pytest.mark.parametrize("op", ["packed_linear", "int8_dynamic_linear"])
+def test_handle_ops_have_no_python_autograd_layer(op):
+    """A full-size frame calls these ~600 times: registered through ``torch.library.custom_op`` each
+    call went through a Python autograd kernel first (~15-30 us measured, docs/benchmarks.md). They
+    are plain CPU kernels with a fake for tracing (model/handle_ops.py)."""
+    name = f"csm::{op}"
+    assert torch._C._dispatch_has_kernel_for_dispatch_key(name, "CPU")
+    assert torch._C._dispatch_has_kernel_for_dispatch_key(name, "Meta")  # the fake kernel
+    assert not torch._C._dispatch_has_kernel_for_dispatch_key(name, "Autograd")
+    assert not torch._C._dispatch_has_kernel_for_dispatch_key(name, "CompositeExplicitAutograd")
