@@ -2,7 +2,10 @@
 
 ``csm-service bench frame``: ms per 80 ms frame of our model vs transformers'
 CsmForConditionalGeneration on the same random weights, the same prompt and the same number of
-frames, in one process, for each dtype asked (CUDA graphs on for ours on a GPU).
+frames, in one process, for each dtype asked (CUDA graphs on for ours on a GPU). Every run of a
+dtype is built first, then timed in ``--repeats`` rounds, transformers and each of ours one after
+the other in every round; each reports its median round. A shared machine's speed drifts by
+10-20 % over minutes, and runs timed minutes apart drift apart; interleaved, they drift together.
 ``csm-service bench engine|prefix|prefill|twilio``: see :mod:`csm_service.tools.bench_engine` and the
 other ``bench_*`` modules; this module parses ``csm-service bench`` and runs the one asked for.
 """
@@ -43,7 +46,7 @@ def _prompt_rows(ids: torch.Tensor, num_codebooks: int) -> tuple[np.ndarray, np.
     return tokens.numpy(), mask.numpy()
 
 
-def time_ours(runner: ModelRunner, ids: torch.Tensor, frames: int) -> dict[str, float]:
+def time_ours(runner: ModelRunner, ids: torch.Tensor, frames: int, warm_up: bool = True) -> dict[str, float]:
     tokens_np, mask_np = _prompt_rows(ids, runner.cfg.num_codebooks)
 
     def run(n: int) -> tuple[float, float]:
@@ -57,7 +60,8 @@ def time_ours(runner: ModelRunner, ids: torch.Tensor, frames: int) -> dict[str, 
         synchronize(runner.device)
         return after_prefill - start, time.perf_counter() - start
 
-    run(WARMUP_FRAMES)
+    if warm_up:
+        run(WARMUP_FRAMES)
     prefill_s, total_s = run(frames)
     return {
         "total_s": total_s,
@@ -67,7 +71,13 @@ def time_ours(runner: ModelRunner, ids: torch.Tensor, frames: int) -> dict[str, 
     }
 
 
-def time_transformers(hf_model, ids: torch.Tensor, frames: int, device: torch.device) -> dict[str, float]:  # noqa: ANN001
+def time_transformers(
+    hf_model,  # noqa: ANN001
+    ids: torch.Tensor,
+    frames: int,
+    device: torch.device,
+    warm_up: bool = True,
+) -> dict[str, float]:
     kwargs = dict(
         do_sample=True,
         temperature=0.9,
@@ -85,7 +95,8 @@ def time_transformers(hf_model, ids: torch.Tensor, frames: int, device: torch.de
         assert out.shape[1] == n, out.shape
         return time.perf_counter() - start
 
-    run(WARMUP_FRAMES)
+    if warm_up:
+        run(WARMUP_FRAMES)
     total_s = run(frames)
     return {"total_s": total_s, "ms_per_frame": 1000 * total_s / frames}
 
@@ -101,6 +112,13 @@ def _variants(device: torch.device, dtype_name: str, args: argparse.Namespace) -
         if dtype_name == "bfloat16" and not args.no_int8:
             out += [(f"compiled+{mode}", {"compile_cpu": True, "quantize": mode}) for mode in INT8_MODES]
     return out
+
+
+def median_run(runs: list[dict[str, float]]) -> dict[str, object]:
+    """The round with the median ms/frame (the lower of the two middle ones for an even count), with
+    every round's ms/frame beside it."""
+    ordered = sorted(runs, key=lambda run: run["ms_per_frame"])
+    return {**ordered[(len(ordered) - 1) // 2], "rounds_ms_per_frame": [round(r["ms_per_frame"], 1) for r in runs]}
 
 
 def _greedy_frames(runner: ModelRunner, ids: torch.Tensor, frames: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -139,25 +157,36 @@ def bench_frame(args: argparse.Namespace) -> dict:
     greedy: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # label -> (codes, logits) for int8's report
     for name in args.dtypes.split(","):
         dtype = DTYPES[name]
-        row: dict[str, object] = {"dtype": name, "variants": {}}
+        row: dict[str, object] = {"dtype": name, "variants": {}, "repeats": args.repeats}
+        runners: dict[str, ModelRunner] = {}
         for label, options in _variants(device, name, args):
             # A fresh model per run: the runner casts, fuses, prepacks or quantizes it in place.
-            runner = ModelRunner(model_from_state_dict(hf_model.state_dict(), cfg), 2, device, dtype, **options)
-            runner.capture_graphs()  # CUDA graphs, or on CPU the compile (timed: runner.compile_s)
-            mine = time_ours(runner, ids, args.frames)
+            runners[label] = ModelRunner(model_from_state_dict(hf_model.state_dict(), cfg), 2, device, dtype, **options)
+            runners[label].capture_graphs()  # CUDA graphs, or on CPU the compile (timed: runner.compile_s)
+        if not args.no_peer:
+            hf_model.to(device=device, dtype=dtype)
+        runs: dict[str, list[dict[str, float]]] = {label: [] for label in runners}
+        peer_runs: list[dict[str, float]] = []
+        for round_index in range(args.repeats):  # interleaved: every run sees the same machine
+            warm_up = round_index == 0
+            if not args.no_peer:
+                peer_runs.append(time_transformers(hf_model, ids, args.frames, device, warm_up))
+            for label, runner in runners.items():
+                runs[label].append(time_ours(runner, ids, args.frames, warm_up))
+        for label, runner in runners.items():
+            mine = median_run(runs[label])
             mine["cuda_graphs"] = bool(runner.graphs)
             mine["compile_s"] = runner.compile_s
-            if options.get("quantize") or label == "compiled":
+            if runner.quantize != "none" or label == "compiled":
                 greedy[f"{name} {label}"] = _greedy_frames(runner, ids, GREEDY_FRAMES)
             row["variants"][label] = mine  # type: ignore[index]
-            del runner
+        del runners, runner
         # "ours": what serves by default (compiled on CPU, CUDA graphs on a GPU); every run in "variants"
         served = "compiled" if "compiled" in row["variants"] else next(iter(row["variants"]))  # type: ignore[operator]
         row["ours"] = row["variants"][served]  # type: ignore[index]
         row["real_time_factor"] = row["ours"]["ms_per_step"] / 80  # type: ignore[index]
-        if not args.no_peer:
-            hf_model.to(device=device, dtype=dtype)
-            row["transformers"] = peer = time_transformers(hf_model, ids, args.frames, device)
+        if peer_runs:
+            row["transformers"] = peer = median_run(peer_runs)
             row["speedup_vs_transformers"] = peer["ms_per_frame"] / row["ours"]["ms_per_frame"]  # type: ignore[index]
         rows.append(row)
     result = {
@@ -209,7 +238,11 @@ def _seconds(value: float | None) -> str:
 
 
 def print_frame_table(result: dict) -> None:
-    print(f"\n{result['config']} on {result['device']}, {result['frames']} frames, torch {result['torch']}")
+    repeats = result["results"][0].get("repeats", 1) if result["results"] else 1
+    print(
+        f"\n{result['config']} on {result['device']}, {result['frames']} frames, torch {result['torch']}, "
+        f"median of {repeats} interleaved round(s)"
+    )
     print(
         "| dtype | ours | ms/frame | ms/step (no prefill) | compile s | transformers ms/frame | ours / transformers |"
     )
@@ -254,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     frame.add_argument("--device", default="auto")
     frame.add_argument("--dtypes", default="float32,bfloat16")
     frame.add_argument("--frames", type=int, default=16)
+    frame.add_argument("--repeats", type=int, default=3, help="rounds, interleaved; each run reports its median")
     frame.add_argument("--no-peer", action="store_true", help="skip transformers")
     frame.add_argument("--no-cuda-graphs", action="store_true", help="ours eager on CUDA")
     frame.add_argument("--no-compile", action="store_true", help="CPU: eager only")
