@@ -7,7 +7,7 @@ the weight's handle (an int, symbolic where a graph serves every codebook) and l
 These operators are defined with a plain ``torch.library.Library``: a schema, one CPU kernel and a
 fake kernel for tracing. ``torch.library.custom_op`` would do the same with a Python autograd layer
 in front of every call; measured on the 2-core dev machine, a call through it cost ~30 us more than
-the kernel alone and one defined here ~1 us more (``linear_dynamic`` on a 2048 x 1024 weight: 36 us
+the kernel alone and one defined here ~2 us more (``linear_dynamic`` on a 2048 x 1024 weight: 36 us
 bare, 64 us through ``custom_op``, 38 us here). A full-size frame makes ~600 such calls. Nothing
 here has a gradient: inference only.
 """
@@ -20,12 +20,13 @@ import torch
 
 __all__ = ["define_handle_op"]
 
-_LIB = torch.library.Library("csm", "DEF")
+_LIB = torch.library.Library("csm", "FRAGMENT")
 
 
 def define_handle_op(name: str, kernel: Callable[[torch.Tensor, int, int], torch.Tensor]) -> None:
-    """Define ``torch.ops.csm.<name>(x [M, K], handle, out_features) -> [M, N]`` running ``kernel``
-    on CPU; the output has x's dtype and leading shape with ``out_features`` columns."""
+    """Define ``torch.ops.csm.<name>(x [..., K], handle, out_features) -> [..., N]`` running
+    ``kernel`` on CPU. The fake kernel (for tracing) says the output has x's dtype and leading shape
+    with ``out_features`` columns: ``kernel`` must keep to that."""
     _LIB.define(f"{name}(Tensor x, SymInt handle, SymInt out_features) -> Tensor")
     _LIB.impl(name, kernel, "CPU")
 

@@ -4,8 +4,10 @@
 CsmForConditionalGeneration on the same random weights, the same prompt and the same number of
 frames, in one process, for each dtype asked (CUDA graphs on for ours on a GPU). Every run of a
 dtype is built first, then timed in ``--repeats`` rounds, transformers and each of ours one after
-the other in every round; each reports its median round. A shared machine's speed drifts by
-10-20 % over minutes, and runs timed minutes apart drift apart; interleaved, they drift together.
+the other in every round; each reports its median round, and its ratio to transformers is the median
+of the per-round ratios (each round against transformers' in the same round). A shared machine's
+speed drifts by 10-20 % over minutes: runs timed minutes apart drift apart, and a round's pair
+drifts together.
 ``csm-service bench engine|prefix|prefill|twilio``: see :mod:`csm_service.tools.bench_engine` and the
 other ``bench_*`` modules; this module parses ``csm-service bench`` and runs the one asked for.
 """
@@ -114,6 +116,16 @@ def _variants(device: torch.device, dtype_name: str, args: argparse.Namespace) -
     return out
 
 
+def lower_median(values: list[float]) -> float:
+    """The median (the lower of the two middle values for an even count)."""
+    return sorted(values)[(len(values) - 1) // 2]
+
+
+def per_round_ratios(ours: list[dict[str, float]], peer: list[dict[str, float]]) -> list[float]:
+    """ours / transformers' ms per frame, round by round (each pair timed back to back)."""
+    return [round(o["ms_per_frame"] / p["ms_per_frame"], 4) for o, p in zip(ours, peer, strict=True)]
+
+
 def median_run(runs: list[dict[str, float]]) -> dict[str, object]:
     """The round with the median ms/frame (the lower of the two middle ones for an even count), with
     every round's ms/frame beside it."""
@@ -175,6 +187,9 @@ def bench_frame(args: argparse.Namespace) -> dict:
                 runs[label].append(time_ours(runner, ids, args.frames, warm_up))
         for label, runner in runners.items():
             mine = median_run(runs[label])
+            if peer_runs:  # each round against transformers' in the same round, then the median
+                mine["vs_transformers_rounds"] = ratios = per_round_ratios(runs[label], peer_runs)
+                mine["vs_transformers"] = lower_median(ratios)
             mine["cuda_graphs"] = bool(runner.graphs)
             mine["compile_s"] = runner.compile_s
             if runner.quantize != "none" or label == "compiled":
@@ -186,8 +201,8 @@ def bench_frame(args: argparse.Namespace) -> dict:
         row["ours"] = row["variants"][served]  # type: ignore[index]
         row["real_time_factor"] = row["ours"]["ms_per_step"] / 80  # type: ignore[index]
         if peer_runs:
-            row["transformers"] = peer = median_run(peer_runs)
-            row["speedup_vs_transformers"] = peer["ms_per_frame"] / row["ours"]["ms_per_frame"]  # type: ignore[index]
+            row["transformers"] = median_run(peer_runs)
+            row["speedup_vs_transformers"] = 1 / row["ours"]["vs_transformers"]  # type: ignore[index]
         rows.append(row)
     result = {
         "benchmark": "frame",
@@ -251,7 +266,8 @@ def print_frame_table(result: dict) -> None:
     for r in result["results"]:
         peer = peers[r["dtype"]]
         for label, ours in r.get("variants", {"ours": r["ours"]}).items():
-            ratio = f"{ours['ms_per_frame'] / peer:.2f}x" if peer else "-"
+            vs_peer = ours.get("vs_transformers", ours["ms_per_frame"] / peer if peer else None)
+            ratio = f"{vs_peer:.2f}x" if vs_peer is not None else "-"
             print(
                 f"| {r['dtype']} | {label} | {ours['ms_per_frame']:.1f} | {ours['ms_per_step']:.1f} | "
                 f"{_seconds(ours.get('compile_s'))} | {f'{peer:.0f}' if peer else '-'} | {ratio} |"
@@ -279,6 +295,13 @@ def print_frame_table(result: dict) -> None:
         print(f"Mimi bf16 audio vs fp32: SNR {result['mimi'][0]['bf16_snr_db_vs_fp32']:.1f} dB (random weights)")
 
 
+def _at_least_one(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="csm-service bench")
     sub = parser.add_subparsers(dest="which", required=True)
@@ -287,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     frame.add_argument("--device", default="auto")
     frame.add_argument("--dtypes", default="float32,bfloat16")
     frame.add_argument("--frames", type=int, default=16)
-    frame.add_argument("--repeats", type=int, default=3, help="rounds, interleaved; each run reports its median")
+    frame.add_argument("--repeats", type=_at_least_one, default=3, help="rounds, interleaved; medians reported")
     frame.add_argument("--no-peer", action="store_true", help="skip transformers")
     frame.add_argument("--no-cuda-graphs", action="store_true", help="ours eager on CUDA")
     frame.add_argument("--no-compile", action="store_true", help="CPU: eager only")
