@@ -10,10 +10,12 @@ step for every live slot (engine/frame_step.py); chunks and endings go out throu
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import logging
 import secrets
 import threading
+import weakref
 
 import numpy as np
 import soxr
@@ -132,6 +134,11 @@ class Engine(Admission, FrameStep):
         failure: list[BaseException] = []
         self._thread = threading.Thread(target=self._serve, args=(ready, failure), name="csm-engine", daemon=True)
         self._thread.start()
+        # A daemon thread still inside torch when the interpreter finalizes is unwound through C++
+        # frames that cannot be, and the process aborts ("terminate called without an active
+        # exception", exit -6) after its work is done: seen once in CI after a RunPod local job.
+        # atexit callbacks run before finalization, so the loop is stopped and joined there.
+        atexit.register(_stop_at_exit, weakref.ref(self))
         ready.wait()
         if failure:
             self._thread.join()
@@ -266,3 +273,9 @@ class Engine(Admission, FrameStep):
                 self._end_prefill(slot, "cancelled", error)
             while self.scheduler.waiting:
                 self._finish_unstarted(self.scheduler.waiting.popleft(), "cancelled")
+
+
+def _stop_at_exit(engine_ref: weakref.ref[Engine]) -> None:
+    engine = engine_ref()
+    if engine is not None and engine.state != "stopped":
+        engine.stop()
