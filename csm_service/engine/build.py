@@ -7,6 +7,7 @@ What ``cfg.model`` names (a checkpoint or a named entry such as ``tiny-random``)
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -49,17 +50,26 @@ def build_runner(cfg: EngineConfig, model: CSM, device: torch.device, dtype: tor
 
 
 def build_engine(cfg: EngineConfig, start: bool = True) -> Engine:
-    """Load the model on a thread of its own (its OpenMP pool ends with it, engine/threads.py), then
-    start the engine thread, which warms up and serves."""
-    engine = run_on_fresh_thread(lambda: load_engine(cfg), name="csm-load")
+    """Load the model (:func:`load_engine`), then start the engine thread, which warms up and serves."""
+    return start_loaded(cfg, lambda: load_engine(cfg), start)
+
+
+def start_loaded(cfg: EngineConfig, load: Callable[[], Engine], start: bool = True) -> Engine:
+    """Run ``load`` on a thread of its own with the engine's CPU threads (its OpenMP pool ends with
+    it, engine/threads.py), then start the engine it built."""
+
+    def on_load_thread() -> Engine:
+        use_cpu_threads(engine_cpu_threads(cfg.cpu_threads))
+        return load()
+
+    engine = run_on_fresh_thread(on_load_thread, name="csm-load")
     if start:
         engine.start()
     return engine
 
 
 def load_engine(cfg: EngineConfig) -> Engine:
-    """Build and load (not started): the model, Mimi and the runner, with the engine's CPU threads."""
-    use_cpu_threads(engine_cpu_threads(cfg.cpu_threads))
+    """Build and load (not started): the model, Mimi and the runner."""
     device = pick_device(cfg.device)
     dtype = pick_dtype(cfg.dtype, device)
     log.info("loading model %s on %s (%s)", cfg.model, device, dtype)

@@ -129,8 +129,9 @@ def per_round_ratios(ours: list[dict[str, float]], peer: list[dict[str, float]])
 def median_run(runs: list[dict[str, float]]) -> dict[str, object]:
     """The round with the median ms/frame (the lower of the two middle ones for an even count), with
     every round's ms/frame beside it."""
-    ordered = sorted(runs, key=lambda run: run["ms_per_frame"])
-    return {**ordered[(len(ordered) - 1) // 2], "rounds_ms_per_frame": [round(r["ms_per_frame"], 1) for r in runs]}
+    median = lower_median([run["ms_per_frame"] for run in runs])
+    chosen = next(run for run in runs if run["ms_per_frame"] == median)
+    return {**chosen, "rounds_ms_per_frame": [round(r["ms_per_frame"], 1) for r in runs]}
 
 
 def _greedy_frames(runner: ModelRunner, ids: torch.Tensor, frames: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -169,7 +170,7 @@ def bench_frame(args: argparse.Namespace) -> dict:
     greedy: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # label -> (codes, logits) for int8's report
     for name in args.dtypes.split(","):
         dtype = DTYPES[name]
-        row: dict[str, object] = {"dtype": name, "variants": {}, "repeats": args.repeats}
+        row: dict[str, object] = {"dtype": name, "variants": {}}
         runners: dict[str, ModelRunner] = {}
         for label, options in _variants(device, name, args):
             # A fresh model per run: the runner casts, fuses, prepacks or quantizes it in place.
@@ -210,6 +211,7 @@ def bench_frame(args: argparse.Namespace) -> dict:
         "device": device_name(device),
         "torch": torch.__version__,
         "frames": args.frames,
+        "repeats": args.repeats,
         "prompt_tokens": len(ids),
         "date": dt.date.today().isoformat(),
         "command": command_line(),
@@ -253,7 +255,7 @@ def _seconds(value: float | None) -> str:
 
 
 def print_frame_table(result: dict) -> None:
-    repeats = result["results"][0].get("repeats", 1) if result["results"] else 1
+    repeats = result.get("repeats", 1)
     print(
         f"\n{result['config']} on {result['device']}, {result['frames']} frames, torch {result['torch']}, "
         f"median of {repeats} interleaved round(s)"

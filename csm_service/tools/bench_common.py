@@ -21,22 +21,18 @@ VOICE_TRANSCRIPT = "Hi, this is Sam from the front desk, and this is how I sound
 def build_random_engine(config: str, cfg: EngineConfig) -> Engine:
     """An engine on random weights of a named model shape (no checkpoint needed), built as
     build_engine builds one: on a thread of its own, then started."""
-    from csm_service.engine.threads import run_on_fresh_thread
+    from csm_service.engine.build import start_loaded
 
-    engine = run_on_fresh_thread(lambda: _random_engine(config, cfg), name="csm-load")
-    engine.start()
-    return engine
+    return start_loaded(cfg, lambda: _random_engine(config, cfg))
 
 
 def _random_engine(config: str, cfg: EngineConfig) -> Engine:
     from csm_service.codec.mimi import MimiCodec
     from csm_service.engine.build import build_runner
     from csm_service.engine.runner import pick_device, pick_dtype
-    from csm_service.engine.threads import engine_cpu_threads, use_cpu_threads
     from csm_service.model.csm import CSM
     from csm_service.model.tokenizer import ByteTokenizer
 
-    use_cpu_threads(engine_cpu_threads(cfg.cpu_threads))
     device = pick_device(cfg.device)
     dtype = pick_dtype(cfg.dtype, device)
     torch.manual_seed(cfg.seed)
