@@ -13,6 +13,7 @@ rows left without an owner). Everyone may use a shared profile; only a scope of 
 
 from __future__ import annotations
 
+import logging
 import secrets
 import sqlite3
 import threading
@@ -24,6 +25,8 @@ import numpy as np
 
 from csm_service.core.constants import DEFAULT_VOICE, NUM_CODEBOOKS, NUM_MIMI_CODES
 from csm_service.core.request import Segment
+
+log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS voices (
@@ -103,6 +106,9 @@ BUILTIN_DEFAULT = {
 }
 
 
+WAL_SWITCH_TIMEOUT_S = 10.0  # how long opening a store waits for another process to let go of a fresh file
+
+
 class VoiceStore:
     """Thread-safe; one connection per store, serialised by a lock (writes are rare and small)."""
 
@@ -111,7 +117,7 @@ class VoiceStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._use_wal()
         self._db.execute("PRAGMA synchronous=FULL")
         with self._lock, self._db:
             self._db.execute("BEGIN IMMEDIATE")  # one migration at a time, whole or not at all
@@ -119,6 +125,25 @@ class VoiceStore:
             self._migrate()
             for index in INDEXES:
                 self._db.execute(index)
+
+    def _use_wal(self) -> None:
+        """Switch the file to WAL (it stays so). Two processes opening a fresh store at once (two
+        engines on one data directory) can make SQLite refuse one with BUSY at once, without waiting
+        in its busy handler: it will not wait where the two could deadlock. That was a worker dying
+        at start-up; the switch is tried again until WAL_SWITCH_TIMEOUT_S has passed."""
+        deadline = time.monotonic() + WAL_SWITCH_TIMEOUT_S
+        delay = 0.005
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                busy = exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY
+                if not busy or time.monotonic() >= deadline:
+                    raise
+                log.debug("voice store %s: busy switching to WAL, trying again", self.path)
+            time.sleep(delay)  # another process holds the file for a moment: back off, then retry
+            delay = min(2 * delay, 0.2)
 
     def _migrate(self) -> None:
         """A table from before owners and the name index: add the columns; old rows stay shared."""
