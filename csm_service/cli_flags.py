@@ -94,6 +94,12 @@ ENGINE = FlagGroup(
         ),
         Flag("compile_cache_dir", "CPU: where compiled code is cached across restarts (CSM_COMPILE_CACHE_DIR)"),
         Flag(
+            "cpu_kernels",
+            "CPU: use oneDNN's and fbgemm's products instead of our AVX-512 gemv kernels (CSM_CPU_KERNELS=0)",
+            name="--no-cpu-kernels",
+            switch="store_false",
+        ),
+        Flag(
             "quantize",
             "int8: int8 weight-only projections; int8_dynamic: int8 weights and activations (CPU only; CSM_QUANTIZE; default none)",
             choices=QUANT_MODES,

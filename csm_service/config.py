@@ -93,6 +93,8 @@ class EngineConfig:
     use_cuda_graphs: bool = True  # ignored on CPU; --no-cuda-graphs is the eager switch
     compile_cpu: bool = True  # CPU: compile the frame step with Inductor; --no-compile is the eager switch
     compile_cache_dir: str = ""  # Inductor's on-disk cache (a restart reuses it); "" = its default under /tmp
+    # CPU: our own AVX-512 matrix-vector kernels (model/kernels) where the CPU has them; off: oneDNN/fbgemm
+    cpu_kernels: bool = True
     quantize: str = "none"  # none | int8 | int8_dynamic (CPU: int8 projections, model/quantize.py)
     mimi_dtype: str = "float32"  # float32 | bfloat16: Mimi's streaming decode (bf16: ~2.5x faster on CPU)
     # CPU threads of the engine thread (its matrix products); other threads that run torch use one

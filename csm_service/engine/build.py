@@ -46,6 +46,7 @@ def build_runner(cfg: EngineConfig, model: CSM, device: torch.device, dtype: tor
         compile_cpu=cfg.compile_cpu,
         compile_cache_dir=cfg.compile_cache_dir,
         quantize=cfg.quantize,
+        cpu_kernels=cfg.cpu_kernels,
     )
 
 

@@ -44,6 +44,7 @@ from csm_service.engine.prefill import prefill_chunks
 from csm_service.engine.prefix_cache import PrefixKV
 from csm_service.model.csm import CSM
 from csm_service.model.fuse import fuse_projections, pack_heads
+from csm_service.model.gemv import gemv_available
 from csm_service.model.quantize import QUANT_MODES, quantize_int8
 
 __all__ = ["MIN_KV_BUCKET", "ModelRunner", "pick_device", "pick_dtype", "powers_of_two_upto", "round_up"]
@@ -77,11 +78,13 @@ class ModelRunner:
         compile_cpu: bool = False,
         compile_cache_dir: str = "",
         quantize: str = "none",
+        cpu_kernels: bool = True,
     ) -> None:
         """``max_batch``: the slots allocated now (the engine builds with WARM_UP_SLOTS and sizes later).
         ``compile_cpu``: on CPU, compile the frame step (else it runs eagerly); ignored elsewhere.
         ``quantize``: "int8" (int8 weight-only) or "int8_dynamic" (int8 weights and activations)
-        projections, CPU only (model/quantize.py)."""
+        projections, CPU only (model/quantize.py). ``cpu_kernels``: on CPU, our AVX-512 gemv kernels
+        (model/kernels, built into ``compile_cache_dir`` when given) where the CPU has them."""
         if quantize not in QUANT_MODES:
             raise ValueError(f"quantize: one of {', '.join(QUANT_MODES)}, not {quantize!r}")
         if quantize != "none" and device.type != "cpu":
@@ -89,11 +92,13 @@ class ModelRunner:
         self.model = model.to(device=device, dtype=dtype).eval()
         self.compiled = compile_cpu and device.type == "cpu" and can_compile()
         self.quantize = quantize
-        # Prepacked oneDNN weights, compiled or not (model/fuse.py); int8 weights have their own kernel.
-        fuse_projections(self.model, pack_cpu=device.type == "cpu" and quantize == "none")
+        # Our gemv kernels' blocked weights, else oneDNN's prepacked ones, compiled or not
+        # (model/fuse.py); int8 weights have their own kernels (model/quantize.py).
+        self.gemv = cpu_kernels and device.type == "cpu" and gemv_available(compile_cache_dir)
+        fuse_projections(self.model, pack_cpu=device.type == "cpu" and quantize == "none", gemv=self.gemv)
         if quantize != "none":
-            quantize_int8(self.model, quantize)
-            pack_heads(self.model)  # the heads stay in the model dtype, prepacked
+            quantize_int8(self.model, quantize, gemv=self.gemv)
+            pack_heads(self.model, gemv=self.gemv)  # the heads stay in the model dtype, prepacked
         self.pieces = compile_pieces(compile_cache_dir) if self.compiled else EAGER
         self.compile_s: float | None = None  # seconds the compiled variants took at capture
         self.cfg = model.cfg

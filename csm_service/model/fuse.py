@@ -13,6 +13,11 @@ names its weight by a handle (an int) into this module's table: the compiled fra
 (engine/compiled.py) calls the same oneDNN kernel as the eager one, and a codebook's head is the
 handle of the first head plus the codebook (a symbolic int), so one graph serves every codebook.
 
+Where our own CPU kernels run (AVX-512 with bf16 dot products and VNNI: model/kernels), a weight
+whose shape fits goes to :class:`~csm_service.model.gemv.GemvLinear` instead, which streams faster
+than oneDNN's prepacked product (docs/benchmarks.md); oneDNN stays the fallback. ``CSM_CPU_KERNELS=0``
+switches ours off.
+
 Applied by the runner after the dtype cast; the model's parameters stay where the loader put them
 for anything that needs the plain names.
 """
@@ -28,6 +33,7 @@ import torch
 from torch import nn
 
 from csm_service.model.csm import CSM
+from csm_service.model.gemv import GemvHeads, GemvLinear, gemv_fits
 from csm_service.model.handle_ops import define_handle_op
 
 log = logging.getLogger(__name__)
@@ -93,7 +99,9 @@ def can_pack_cpu() -> bool:
 PACK_MIN_ELEMENTS = 1 << 20
 
 
-def _linear(weight: torch.Tensor, pack: bool) -> nn.Module:
+def _linear(weight: torch.Tensor, pack: bool, gemv: bool = False) -> nn.Module:
+    if pack and gemv and gemv_fits(weight):  # any size: a kernel call costs a few us
+        return GemvLinear(weight)
     if pack and weight.numel() >= PACK_MIN_ELEMENTS:
         return PackedLinear(weight)
     out_features, in_features = weight.shape
@@ -104,30 +112,37 @@ def _linear(weight: torch.Tensor, pack: bool) -> nn.Module:
 
 
 @torch.no_grad()
-def fuse_projections(model: CSM, pack_cpu: bool) -> None:
-    """Fuse q/k/v and gate/up in every block; with ``pack_cpu`` prepack every projection."""
+def fuse_projections(model: CSM, pack_cpu: bool, gemv: bool = False) -> None:
+    """Fuse q/k/v and gate/up in every block; with ``pack_cpu`` prepack every projection, for our gemv
+    kernel where ``gemv`` (loaded: :func:`~csm_service.model.gemv.gemv_available`) and it fits, else
+    for oneDNN."""
     pack = pack_cpu and can_pack_cpu()
     for stack in (model.backbone, model.decoder):
         for block in stack.layers:
             attn, mlp = block.attn, block.mlp
-            attn.qkv = _linear(torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]), pack)
-            mlp.gate_up = _linear(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]), pack)
+            attn.qkv = _linear(torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]), pack, gemv)
+            mlp.gate_up = _linear(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]), pack, gemv)
             del attn.q_proj, attn.k_proj, attn.v_proj, mlp.gate_proj, mlp.up_proj
             if pack:
-                attn.o_proj = _linear(attn.o_proj.weight, pack)
-                mlp.down_proj = _linear(mlp.down_proj.weight, pack)
+                attn.o_proj = _linear(attn.o_proj.weight, pack, gemv)
+                mlp.down_proj = _linear(mlp.down_proj.weight, pack, gemv)
     if pack:
-        model.projection = _linear(model.projection.weight, pack)
-        pack_heads(model)
-    log.info("fused q/k/v and gate/up projections%s", "; weights prepacked for oneDNN" if pack else "")
+        model.projection = _linear(model.projection.weight, pack, gemv)
+        pack_heads(model, gemv)
+    kinds = sorted({type(m).__name__ for m in model.modules() if isinstance(m, (GemvLinear, PackedLinear))})
+    log.info("fused q/k/v and gate/up projections%s", f"; weights prepacked: {', '.join(kinds)}" if pack else "")
 
 
 @torch.no_grad()
-def pack_heads(model: CSM) -> None:
-    """Prepack the codebook heads (codebook 0's, and the depth decoder's per codebook) for oneDNN."""
+def pack_heads(model: CSM, gemv: bool = False) -> None:
+    """Prepack the codebook heads (codebook 0's, and the depth decoder's per codebook) for our gemv
+    kernel or oneDNN."""
     if not can_pack_cpu():
         return
-    model.codebook0_head = _linear(model.codebook0_head.weight, True)
-    if model.audio_head[0].numel() >= PACK_MIN_ELEMENTS:
+    model.codebook0_head = _linear(model.codebook0_head.weight, True, gemv)
+    if gemv and gemv_fits(model.audio_head[0].t()):
+        model.packed_heads = GemvHeads(model.audio_head)
+        model.audio_head = nn.Parameter(torch.empty(0), requires_grad=False)  # its blocked copies serve
+    elif model.audio_head[0].numel() >= PACK_MIN_ELEMENTS:
         model.packed_heads = PackedHeads(model.audio_head)
         model.audio_head = nn.Parameter(torch.empty(0), requires_grad=False)  # its packed copies serve

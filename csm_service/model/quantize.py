@@ -20,6 +20,12 @@ show. torch 2.13 marks the quantized-tensor API this mode packs its weights with
 fbgemm's packed weight cannot be traced, so like a prepacked oneDNN weight
 (model/fuse.py) it is named by a handle through the operator ``csm::int8_dynamic_linear`` (model/handle_ops.py).
 
+Where our own CPU kernels run (AVX-512 with VNNI, model/kernels), ``int8_dynamic`` uses
+:class:`Int8GemvLinear` instead of fbgemm: the same int8 weights, but each activation is rounded
+per group of 64 inputs with its own scale, not per row, so an outlier costs only its group's
+precision; and the kernel streams the weights faster (~26 against ~23 GB/s out of cache on the
+dev machine, docs/benchmarks.md). fbgemm stays the fallback where the kernels cannot run.
+
 The kernels exist for CPU, not CUDA; the engine refuses both modes elsewhere. Default off: how far
 the codes drift from bf16 can only be judged on trained weights (docs/benchmarks.md reports the
 logit deviation and greedy-code agreement on random ones).
@@ -32,6 +38,7 @@ import itertools
 import logging
 import threading
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -40,8 +47,9 @@ from torch import nn
 from csm_service.config import QUANT_MODES
 from csm_service.model.csm import CSM
 from csm_service.model.handle_ops import define_handle_op
+from csm_service.model.kernels.ops import ROWS_PER_BLOCK, block_weight
 
-__all__ = ["QUANT_MODES", "Int8DynamicLinear", "Int8Linear", "quantize_int8"]
+__all__ = ["QUANT_MODES", "Int8DynamicLinear", "Int8GemvLinear", "Int8Linear", "quantize_int8"]
 
 log = logging.getLogger(__name__)
 
@@ -135,28 +143,95 @@ class Int8DynamicLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 weights and activations"
 
 
-def _quantized(module: nn.Module, kind: type[nn.Module]) -> nn.Module:
+class Int8GemvLinear(nn.Module):
+    """y ~ x @ (q * scale).T with q int8 per output channel, through our CPU kernels
+    (model/kernels/gemv.cpp; no bias):
+
+    - ``round_activations=False`` (``--quantize int8``): weight-only, ``gemv_w8`` widens q to float32
+      in registers; x is not rounded.
+    - ``round_activations=True`` (``int8_dynamic``): ``gemv_int8`` rounds x to int8 per group of 64
+      inputs, each group with its own scale, and multiplies in VNNI int32 sums.
+
+    Takes and returns the model dtype; the kernels work in float32."""
+
+    GROUP = 64  # inputs per 64-byte weight line (and per activation scale): K must be a multiple
+
+    def __init__(self, weight: torch.Tensor, round_activations: bool) -> None:  # weight [N, K]
+        super().__init__()
+        self.out_features, self.in_features = weight.shape
+        self.round_activations = round_activations
+        q, scale = per_channel_int8(weight)
+        # VNNI multiplies u8 by s8: with int8 activations the weight is kept as q + 128.
+        stored = (q.to(torch.int16) + 128).to(torch.uint8) if round_activations else q
+        self.register_buffer("blocked", block_weight(stored))  # [NB, K/64, 4, 64]
+        padded = scale.new_zeros(self.blocked.shape[0] * ROWS_PER_BLOCK)
+        padded[: self.out_features] = scale
+        self.register_buffer("block_scale", padded)  # [NB * 4] float32, zero for padding rows
+
+    @classmethod
+    def fits(cls, weight: torch.Tensor) -> bool:
+        return weight.dim() == 2 and weight.shape[1] % cls.GROUP == 0 and weight.device.type == "cpu"
+
+    @property
+    def weight_int8(self) -> torch.Tensor:
+        """q int8 [N, K], read back from the blocked weight."""
+        nb, _, rows, _ = self.blocked.shape
+        flat = self.blocked.transpose(1, 2).reshape(nb * rows, self.in_features)[: self.out_features]
+        return (flat.to(torch.int16) - 128).to(torch.int8) if self.round_activations else flat.clone()
+
+    @property
+    def scale(self) -> torch.Tensor:
+        """scale float32 [N]."""
+        return self.block_scale[: self.out_features]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [..., K] -> [..., N]
+        flat = x.reshape(-1, self.in_features).float().contiguous()  # [M, K]; compiled, the cast fuses
+        op = torch.ops.csm_cpu.gemv_int8 if self.round_activations else torch.ops.csm_cpu.gemv_w8
+        out = op(flat, self.blocked, self.block_scale, self.out_features)  # [M, N] float32
+        return out.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        rounded = "int8 activations per 64 inputs" if self.round_activations else "weight-only"
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8 gemv, {rounded}"
+
+
+def _int8_gemv(round_activations: bool, fallback: type[nn.Module]) -> Callable[[torch.Tensor], nn.Module]:
+    """Our kernel where the weight's shape fits, else ``fallback`` (torch's or fbgemm's)."""
+
+    def make(weight: torch.Tensor) -> nn.Module:
+        return Int8GemvLinear(weight, round_activations) if Int8GemvLinear.fits(weight) else fallback(weight)
+
+    return make
+
+
+def _quantized(module: nn.Module, make: Callable[[torch.Tensor], nn.Module]) -> nn.Module:
     weight = getattr(module, "weight", None)
     if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
         raise TypeError(f"cannot quantize {type(module).__name__}: not a plain linear layer")
-    return kind(weight)
+    return make(weight)
 
 
 @torch.no_grad()
-def quantize_int8(model: CSM, mode: str = "int8") -> int:
+def quantize_int8(model: CSM, mode: str = "int8", gemv: bool = False) -> int:
     """Replace the projections (after :func:`~csm_service.model.fuse.fuse_projections`, unpacked)
-    with :class:`Int8Linear` (``int8``) or :class:`Int8DynamicLinear` (``int8_dynamic``) -> the
-    number of weights quantized."""
-    kind = {"int8": Int8Linear, "int8_dynamic": Int8DynamicLinear}[mode]
+    with :class:`Int8GemvLinear` where ``gemv`` (our kernels loaded:
+    :func:`~csm_service.model.gemv.gemv_available`), else :class:`Int8Linear` (``int8``) or
+    :class:`Int8DynamicLinear` (``int8_dynamic``) -> the number of weights quantized."""
+    if gemv:
+        makers = {"int8": _int8_gemv(False, Int8Linear), "int8_dynamic": _int8_gemv(True, Int8DynamicLinear)}
+    else:
+        makers = {"int8": Int8Linear, "int8_dynamic": Int8DynamicLinear}
+    make: Callable[[torch.Tensor], nn.Module] = makers[mode]
     count = 0
     for stack in (model.backbone, model.decoder):
         for block in stack.layers:
             attn, mlp = block.attn, block.mlp
             if attn.qkv is None or mlp.gate_up is None:
                 raise RuntimeError("fuse the projections before quantizing them")
-            attn.qkv, attn.o_proj = _quantized(attn.qkv, kind), _quantized(attn.o_proj, kind)
-            mlp.gate_up, mlp.down_proj = _quantized(mlp.gate_up, kind), _quantized(mlp.down_proj, kind)
+            attn.qkv, attn.o_proj = _quantized(attn.qkv, make), _quantized(attn.o_proj, make)
+            mlp.gate_up, mlp.down_proj = _quantized(mlp.gate_up, make), _quantized(mlp.down_proj, make)
             count += 4
-    model.projection = _quantized(model.projection, kind)
-    log.info("%s: %d projections quantized (embeddings and heads unchanged)", mode, count + 1)
+    model.projection = _quantized(model.projection, make)
+    kinds = sorted({type(m).__name__ for m in model.modules() if type(m).__name__.startswith("Int8")})
+    log.info("%s: %d projections quantized with %s (embeddings and heads unchanged)", mode, count + 1, ", ".join(kinds))
     return count + 1

@@ -39,6 +39,7 @@ def test_every_engine_flag_reaches_the_engine(monkeypatch):
             "--model",
             "tiny-random",
             "--no-compile",
+            "--no-cpu-kernels",
             "--quantize",
             "int8",
             "--cpu-threads",
@@ -51,6 +52,7 @@ def test_every_engine_flag_reaches_the_engine(monkeypatch):
     )
     assert cfg.model == "tiny-random"
     assert (cfg.compile_cpu, cfg.quantize, cfg.cpu_threads, cfg.prefix_cache_mb) == (False, "int8", 1, 0)
+    assert cfg.cpu_kernels is False
     assert cfg.mimi_dtype == "bfloat16"  # from the environment
     assert (cfg.max_batch, cfg.max_queue) == (1, 4)  # say's own: one utterance at a time
 
@@ -58,3 +60,9 @@ def test_every_engine_flag_reaches_the_engine(monkeypatch):
 def test_compile_switch_from_the_environment(monkeypatch):
     monkeypatch.setenv("CSM_COMPILE_CPU", "0")
     assert _built_config(monkeypatch, ["say", "hi", "--model", "tiny-random"]).compile_cpu is False
+
+
+def test_cpu_kernel_switch_from_the_environment(monkeypatch):
+    assert _built_config(monkeypatch, ["say", "hi", "--model", "tiny-random"]).cpu_kernels is True
+    monkeypatch.setenv("CSM_CPU_KERNELS", "0")
+    assert _built_config(monkeypatch, ["say", "hi", "--model", "tiny-random"]).cpu_kernels is False

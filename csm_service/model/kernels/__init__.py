@@ -1,0 +1,1 @@
+"""CPU kernels of our own (C++, built at run time): see gemv.cpp and build.py."""

@@ -1,0 +1,92 @@
+"""The blocked layouts the CPU gemv kernels read, their fake kernels for tracing, and references.
+
+``torch.ops.csm_cpu.gemv_{f32,bf16,int8}`` (gemv.cpp) take a weight reordered once by
+:func:`block_weight` into [NB, K / KB, 4, KB]. :func:`reference_gemv_int8` is the int8 kernel's
+arithmetic in plain torch, for the tests.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from csm_service.model.kernels import build
+
+__all__ = ["ROWS_PER_BLOCK", "block_weight", "kernels_available", "reference_gemv_int8", "INT8_GROUP"]
+
+ROWS_PER_BLOCK = 4
+INT8_GROUP = 64  # inputs per activation scale in gemv_int8
+_KB = {torch.float32: 16, torch.bfloat16: 32, torch.uint8: 64, torch.int8: 64}  # inputs per 64-byte line
+
+
+def kernels_available(cache_dir: str = "") -> bool:
+    """Build/load the kernels if this CPU can run them (built under ``cache_dir`` when given) ->
+    whether they can be used."""
+    if not build.load(cache_dir):
+        return False
+    _register_fakes()
+    return True
+
+
+def fits(weight: torch.Tensor) -> bool:
+    """Whether a [N, K] weight of this dtype has a blocked layout (K a multiple of a 64-byte line)."""
+    kb = _KB.get(weight.dtype)
+    return kb is not None and weight.dim() == 2 and weight.shape[1] % kb == 0 and weight.shape[0] > 0
+
+
+def block_weight(weight: torch.Tensor) -> torch.Tensor:
+    """weight [N, K] (float32, bfloat16, uint8 or int8) -> [NB, K / KB, 4, KB], rows zero-padded to 4 * NB."""
+    if not fits(weight):
+        raise ValueError(f"no blocked layout for a {tuple(weight.shape)} {weight.dtype} weight")
+    n, k = weight.shape
+    kb = _KB[weight.dtype]
+    nb = -(-n // ROWS_PER_BLOCK)
+    padded = weight.new_zeros((nb * ROWS_PER_BLOCK, k))
+    padded[:n] = weight
+    return padded.view(nb, ROWS_PER_BLOCK, k // kb, kb).transpose(1, 2).contiguous()
+
+
+_fakes_registered = False
+
+
+def _register_fakes() -> None:
+    global _fakes_registered
+    if _fakes_registered:
+        return
+
+    @torch.library.register_fake("csm_cpu::gemv_f32")
+    def _f32(x: torch.Tensor, w: torch.Tensor, n: int) -> torch.Tensor:
+        return x.new_empty((x.shape[0], n))
+
+    @torch.library.register_fake("csm_cpu::gemv_bf16")
+    def _bf16(x: torch.Tensor, w: torch.Tensor, n: int) -> torch.Tensor:
+        return x.new_empty((x.shape[0], n))
+
+    @torch.library.register_fake("csm_cpu::gemv_int8")
+    def _int8(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, n: int) -> torch.Tensor:
+        return x.new_empty((x.shape[0], n))
+
+    @torch.library.register_fake("csm_cpu::gemv_w8")
+    def _w8(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, n: int) -> torch.Tensor:
+        return x.new_empty((x.shape[0], n))
+
+    _fakes_registered = True
+
+
+def quantize_activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [M, K] float32 -> (xq int8 [M, K], xs float32 [M, K / 64]) as gemv_int8 rounds them."""
+    groups = x.reshape(x.shape[0], -1, INT8_GROUP)
+    amax = groups.abs().amax(-1)
+    xs = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax))
+    inv = (1.0 / xs)[..., None]
+    xq = torch.round(groups * inv).to(torch.int8)
+    return xq.reshape(x.shape), xs
+
+
+def reference_gemv_int8(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """gemv_int8's result in float64: x [M, K] float32, q int8 [N, K], scale [N] -> [M, N]."""
+    xq, xs = quantize_activations(x)
+    m, k = x.shape
+    dots = torch.einsum(
+        "mgk,ngk->mng", xq.double().view(m, -1, INT8_GROUP), q.double().view(q.shape[0], -1, INT8_GROUP)
+    )
+    return (dots * xs.double()[:, None, :]).sum(-1) * scale.double()
