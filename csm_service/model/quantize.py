@@ -20,11 +20,16 @@ show. torch 2.13 marks the quantized-tensor API this mode packs its weights with
 fbgemm's packed weight cannot be traced, so like a prepacked oneDNN weight
 (model/fuse.py) it is named by a handle through the operator ``csm::int8_dynamic_linear`` (model/handle_ops.py).
 
-Where our own CPU kernels run (AVX-512 with VNNI, model/kernels), ``int8_dynamic`` uses
-:class:`Int8GemvLinear` instead of fbgemm: the same int8 weights, but each activation is rounded
-per group of 64 inputs with its own scale, not per row, so an outlier costs only its group's
-precision; and the kernel streams the weights faster (~26 against ~23 GB/s out of cache on the
-dev machine, docs/benchmarks.md). fbgemm stays the fallback where the kernels cannot run.
+Where our own CPU kernels run (AVX-512 with bf16 and VNNI, model/kernels), both modes use
+:class:`Int8GemvLinear` instead, with the same int8 weights in the kernels' blocked layout:
+
+- ``int8``: ``gemv_w8`` widens each weight line to float32 in registers; activations are not
+  rounded. ~27 GB/s of int8 out of cache on the dev machine, against ~14 for
+  ``_weight_int8pack_mm``.
+- ``int8_dynamic``: ``gemv_int8`` rounds each activation per group of 64 inputs with its own scale,
+  not per row, so an outlier costs only its group's precision; ~27-29 GB/s against fbgemm's ~23.
+
+torch's and fbgemm's kernels stay the fallback where ours cannot run (docs/benchmarks.md).
 
 The kernels exist for CPU, not CUDA; the engine refuses both modes elsewhere. Default off: how far
 the codes drift from bf16 can only be judged on trained weights (docs/benchmarks.md reports the

@@ -105,12 +105,15 @@ def time_transformers(
 
 def _variants(device: torch.device, dtype_name: str, args: argparse.Namespace) -> list[tuple[str, dict]]:
     """Our runs for one dtype: (label, ModelRunner options). CPU: eager, compiled, and compiled with
-    each int8 mode (bf16 only: the weight-only kernel is fast with bf16 activations, slow with fp32)."""
+    each int8 mode (bf16 only); with ``--compare-kernels`` also compiled on oneDNN's products instead
+    of our gemv kernels (``--no-cpu-kernels``), side by side in the same rounds."""
     if device.type == "cuda":
         return [("eager" if args.no_cuda_graphs else "cuda graphs", {"use_cuda_graphs": not args.no_cuda_graphs})]
     out: list[tuple[str, dict]] = [("eager", {})]
     if not args.no_compile:
         out.append(("compiled", {"compile_cpu": True}))
+        if args.compare_kernels:
+            out.append(("compiled, oneDNN", {"compile_cpu": True, "cpu_kernels": False}))
         if dtype_name == "bfloat16" and not args.no_int8:
             out += [(f"compiled+{mode}", {"compile_cpu": True, "quantize": mode}) for mode in INT8_MODES]
     return out
@@ -317,6 +320,9 @@ def main(argv: list[str] | None = None) -> int:
     frame.add_argument("--no-cuda-graphs", action="store_true", help="ours eager on CUDA")
     frame.add_argument("--no-compile", action="store_true", help="CPU: eager only")
     frame.add_argument("--no-int8", action="store_true", help="CPU: skip the compiled int8 runs (bf16)")
+    frame.add_argument(
+        "--compare-kernels", action="store_true", help="CPU: also run compiled on oneDNN instead of our gemv kernels"
+    )
     frame.add_argument("--no-mimi", action="store_true", help="skip Mimi's decode timing")
     frame.add_argument("--mimi-rows", default="1,4,8", help="Mimi decode: rows (streams) per call")
     frame.add_argument("--json", help="also write the JSON here")
