@@ -8,7 +8,7 @@ the other in every round; each reports its median round, and its ratio to transf
 of the per-round ratios (each round against transformers' in the same round). A shared machine's
 speed drifts by 10-20 % over minutes: runs timed minutes apart drift apart, and a round's pair
 drifts together.
-``csm-service bench engine|prefix|prefill|twilio``: see :mod:`csm_service.tools.bench_engine` and the
+``csm-service bench engine|prefix|prefill|twilio|gemv``: see :mod:`csm_service.tools.bench_engine` and the
 other ``bench_*`` modules; this module parses ``csm-service bench`` and runs the one asked for.
 """
 
@@ -25,7 +25,7 @@ import torch
 
 from csm_service.config import NAMED_CONFIGS
 from csm_service.engine.runner import ModelRunner
-from csm_service.tools import bench_engine, bench_mimi, bench_prefill, bench_prefix, bench_twilio
+from csm_service.tools import bench_engine, bench_gemv, bench_mimi, bench_prefill, bench_prefix, bench_twilio
 from csm_service.tools.bench_common import command_line, device_name, synchronize
 
 WARMUP_FRAMES = 3  # both implementations get the same untimed run first
@@ -330,12 +330,14 @@ def main(argv: list[str] | None = None) -> int:
     bench_prefix.add_parser(sub)
     bench_prefill.add_parser(sub)
     bench_twilio.add_parser(sub)
+    bench_gemv.add_parser(sub)
     args = parser.parse_args(argv)
     run, table = {
         "engine": (bench_engine.bench_engine, bench_engine.print_engine_table),
         "prefix": (bench_prefix.bench_prefix, bench_prefix.print_prefix_table),
         "prefill": (bench_prefill.bench_prefill, bench_prefill.print_prefill_table),
         "twilio": (bench_twilio.bench_twilio, bench_twilio.print_twilio_table),
+        "gemv": (bench_gemv.bench_gemv, bench_gemv.print_gemv_table),
         "frame": (bench_frame, print_frame_table),
     }[args.which]
     result = run(args)

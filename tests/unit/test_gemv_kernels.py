@@ -7,6 +7,7 @@ the model keeps oneDNN's and fbgemm's kernels (tests/unit/test_compiled_step.py 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -46,18 +47,54 @@ def test_float_kernels_are_the_matrix_product(n, k, m):
     assert ((out.double() - exact).abs() <= exact.abs() * 2**-8 + 1e-4).all()
 
 
+@pytest.mark.skipif(
+    not (build.cpu_has_flags() and shutil.which(os.environ.get("CXX", "c++"))),
+    reason=f"this CPU lacks one of {', '.join(build.REQUIRED_CPU_FLAGS)}, or there is no C++ compiler",
+)
+def test_the_kernels_build_and_load_where_they_can():
+    """Where the CPU and the compiler allow, a failed build is a failure, not every test here skipped."""
+    assert kernels_available()
+
+
 @needs_kernels
 def test_a_row_gets_the_same_bits_whatever_shares_its_call():
-    """Rows run in chunks of up to 4 over each weight block: a row's result must not depend on M."""
+    """Rows run in chunks of up to 4 over tiles of weight blocks: a row's result must not depend on
+    M, from one row to a prefill chunk's many."""
     gen = torch.Generator().manual_seed(0)
     w = torch.randn(2051, 1024, generator=gen) / 32
-    x = torch.randn(9, 1024, generator=gen)
-    for op, xs, wt in (("gemv_f32", x, w), ("gemv_bf16", x.bfloat16(), w.bfloat16())):
-        blocked = block_weight(wt)
-        together = getattr(torch.ops.csm_cpu, op)(xs, blocked, 2051)
-        for i in range(9):
-            alone = getattr(torch.ops.csm_cpu, op)(xs[i : i + 1].contiguous(), blocked, 2051)
+    x = torch.randn(70, 1024, generator=gen) * 3
+    q, scale = per_channel_int8(w)
+    w8, int8 = Int8GemvLinear(w, round_activations=False), Int8GemvLinear(w, round_activations=True)
+    cases = [
+        ("gemv_f32", x, (block_weight(w),)),
+        ("gemv_bf16", x.bfloat16(), (block_weight(w.bfloat16()),)),
+        ("gemv_w8", x, (w8.blocked, w8.block_scale)),
+        ("gemv_int8", x, (int8.blocked, int8.block_scale)),
+    ]
+    for op, xs, weights in cases:
+        together = getattr(torch.ops.csm_cpu, op)(xs, *weights, 2051)
+        for i in range(70):
+            alone = getattr(torch.ops.csm_cpu, op)(xs[i : i + 1].contiguous(), *weights, 2051)
             assert torch.equal(alone[0], together[i]), (op, i)
+    reference = x.double() @ (q.double() * scale.double()[:, None]).T
+    assert ((w8(x).double() - reference).abs() <= reference.abs().amax() * 1e-5).all()
+
+
+@needs_kernels
+def test_int8_activations_keep_nan_and_survive_tiny_groups():
+    """A NaN or an infinity in a row makes that row's outputs NaN (as a float product's would be),
+    not finite garbage; other rows are untouched. A group of near-zero inputs rounds to zeros."""
+    gen = torch.Generator().manual_seed(0)
+    layer = Int8GemvLinear(torch.randn(12, 128, generator=gen), round_activations=True)
+    x = torch.randn(4, 128, generator=gen)
+    clean = layer(x)
+    x[1, 5], x[2, 100] = float("nan"), float("inf")
+    x[3, 64:] = 1e-35  # its second group: 1 / scale would overflow
+    out = layer(x)
+    assert out[1].isnan().all() and out[2].isnan().all()
+    assert torch.equal(out[0], clean[0])
+    assert out[3].isfinite().all()
+    torch.testing.assert_close(out[3], layer(torch.cat([x[3, :64], torch.zeros(64)])[None])[0])
 
 
 @needs_kernels
@@ -136,6 +173,7 @@ def heads_weight(heads: GemvHeads, codebook: int) -> torch.Tensor:
         (lambda w: torch.ops.csm_cpu.gemv_bf16(torch.randn(2, 32), w, 8), "bfloat16"),
         (lambda w: torch.ops.csm_cpu.gemv_int8(torch.randn(2, 32), w, torch.ones(8), 8), "uint8"),
         (lambda w: torch.ops.csm_cpu.gemv_w8(torch.randn(2, 32), w, torch.ones(8), 8), "int8"),
+        (lambda w: torch.ops.csm_cpu.gemv_f32(torch.randn(2, 0), torch.empty(2, 0, 4, 16), 8), "no columns"),
     ],
 )
 def test_bad_arguments_raise_instead_of_reading_out_of_bounds(call, message):

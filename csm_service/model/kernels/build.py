@@ -14,6 +14,7 @@ False and the model keeps oneDNN's and fbgemm's kernels (as it does with ``--no-
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -57,6 +58,10 @@ def _compiler() -> str:
     return os.environ.get("CXX", "c++")
 
 
+def _is_clang() -> bool:
+    return "clang" in _compiler_version().lower()
+
+
 def _command(output: Path) -> list[str]:
     torch_lib = Path(torch.__file__).parent / "lib"
     abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
@@ -66,7 +71,9 @@ def _command(output: Path) -> list[str]:
         "-std=c++17",
         "-shared",
         "-fPIC",
-        "-fopenmp",  # at::parallel_for is an OpenMP region in the header: torch's own libgomp runs it
+        # at::parallel_for is an OpenMP region in the header: the GNU runtime torch's wheel ships
+        # (libgomp.so.1) must run it, not clang's libomp beside it (a second pool of threads).
+        "-fopenmp=libgomp" if _is_clang() else "-fopenmp",
         *_ARCH_FLAGS,
         f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
         *(f"-I{p}" for p in cpp_extension.include_paths()),
@@ -81,6 +88,7 @@ def _command(output: Path) -> list[str]:
     ]
 
 
+@functools.cache
 def _compiler_version() -> str:
     try:
         return subprocess.run([_compiler(), "--version"], capture_output=True, text=True, timeout=30).stdout
@@ -92,12 +100,8 @@ def library_path(cache_dir: str = "") -> Path:
     """Where the built library for this source, torch and compiler lives (under ``cache_dir`` when
     given)."""
     key = hashlib.sha256()
-    for part in (
-        SOURCE.read_bytes(),
-        torch.__version__.encode(),
-        _compiler_version().encode(),
-        " ".join(_ARCH_FLAGS).encode(),
-    ):
+    command = " ".join(_command(Path("out.so")))  # every flag, include path and library
+    for part in (SOURCE.read_bytes(), torch.__version__.encode(), _compiler_version().encode(), command.encode()):
         key.update(part)
     cache = Path(cache_dir) / "csm-kernels" if cache_dir else Path.home() / ".cache" / "csm-service" / "kernels"
     return cache / f"csm_cpu_gemv_{key.hexdigest()[:16]}.so"
@@ -125,7 +129,12 @@ def _load_once(cache_dir: str) -> bool:
         if not target.exists():
             log.info("building the CPU gemv kernels into %s", target)
             _build(target)
-        torch.ops.load_library(str(target))
+        try:
+            torch.ops.load_library(str(target))
+        except OSError as exc:  # a damaged library in the cache: build it once more
+            log.warning("rebuilding %s, which did not load: %s", target, exc)
+            _build(target)
+            torch.ops.load_library(str(target))
     except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
         log.warning("CPU gemv kernels unavailable, using oneDNN/fbgemm: %s", exc)
         return False

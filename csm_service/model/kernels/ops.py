@@ -7,6 +7,8 @@ arithmetic in plain torch, for the tests.
 
 from __future__ import annotations
 
+import threading
+
 import torch
 
 from csm_service.model.kernels import build
@@ -15,6 +17,7 @@ __all__ = ["ROWS_PER_BLOCK", "block_weight", "kernels_available", "reference_gem
 
 ROWS_PER_BLOCK = 4
 INT8_GROUP = 64  # inputs per activation scale in gemv_int8
+MIN_GROUP_AMAX = 1e-30  # gemv_int8 rounds a group whose largest |x| is at most this to zeros
 _KB = {torch.float32: 16, torch.bfloat16: 32, torch.uint8: 64, torch.int8: 64}  # inputs per 64-byte line
 
 
@@ -30,7 +33,7 @@ def kernels_available(cache_dir: str = "") -> bool:
 def fits(weight: torch.Tensor) -> bool:
     """Whether a [N, K] weight of this dtype has a blocked layout (K a multiple of a 64-byte line)."""
     kb = _KB.get(weight.dtype)
-    return kb is not None and weight.dim() == 2 and weight.shape[1] % kb == 0 and weight.shape[0] > 0
+    return kb is not None and weight.dim() == 2 and weight.shape[1] % kb == 0 and min(weight.shape) > 0
 
 
 def block_weight(weight: torch.Tensor) -> torch.Tensor:
@@ -46,12 +49,18 @@ def block_weight(weight: torch.Tensor) -> torch.Tensor:
 
 
 _fakes_registered = False
+_fakes_lock = threading.Lock()
 
 
 def _register_fakes() -> None:
     global _fakes_registered
-    if _fakes_registered:
-        return
+    with _fakes_lock:
+        if not _fakes_registered:
+            _define_fakes()
+            _fakes_registered = True
+
+
+def _define_fakes() -> None:
 
     @torch.library.register_fake("csm_cpu::gemv_f32")
     def _f32(x: torch.Tensor, w: torch.Tensor, n: int) -> torch.Tensor:
@@ -69,14 +78,12 @@ def _register_fakes() -> None:
     def _w8(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, n: int) -> torch.Tensor:
         return x.new_empty((x.shape[0], n))
 
-    _fakes_registered = True
-
 
 def quantize_activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """x [M, K] float32 -> (xq int8 [M, K], xs float32 [M, K / 64]) as gemv_int8 rounds them."""
     groups = x.reshape(x.shape[0], -1, INT8_GROUP)
     amax = groups.abs().amax(-1)
-    xs = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax))
+    xs = torch.where(amax > MIN_GROUP_AMAX, amax / 127.0, torch.ones_like(amax))
     inv = (1.0 / xs)[..., None]
     xq = torch.round(groups * inv).to(torch.int8)
     return xq.reshape(x.shape), xs

@@ -1,0 +1,154 @@
+"""``csm-service bench gemv``: our CPU matrix-vector kernels against the products they replace.
+
+One row of activations times a full-size depth-decoder step's weights (4 layers: qkv, o, gate_up,
+down), ``--sets`` distinct copies so the weights come from memory, not cache, as in a frame. Each
+pair is timed in interleaved rounds, median reported, with the bytes of weight read per second:
+
+| ours | replaces | used for |
+|---|---|---|
+| ``gemv_f32`` | oneDNN prepacked fp32 | ``--dtype float32`` |
+| ``gemv_bf16`` | oneDNN prepacked bf16 | ``--dtype bfloat16`` |
+| ``gemv_w8`` | ``torch._weight_int8pack_mm`` (bf16 activations) | ``--quantize int8`` |
+| ``gemv_int8`` | fbgemm's ``quantized.linear_dynamic`` | ``--quantize int8_dynamic`` |
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import statistics
+import time
+import warnings
+from collections.abc import Callable
+
+import torch
+
+from csm_service.config import CSM_1B
+from csm_service.model.kernels.ops import block_weight, kernels_available
+from csm_service.model.quantize import INT8_MAX, per_channel_int8
+from csm_service.tools.bench_common import command_line, device_name
+
+Products = Callable[[], object]
+
+
+def _depth_step_shapes() -> list[tuple[int, int]]:
+    d = CSM_1B.decoder
+    qkv = (d.num_heads + 2 * d.num_kv_heads) * d.head_dim
+    return [(qkv, d.dim), (d.dim, d.num_heads * d.head_dim), (2 * d.mlp_dim, d.dim), (d.dim, d.mlp_dim)] * d.num_layers
+
+
+def _pairs(sets: int) -> dict[str, tuple[Products, Products, int]]:
+    """kernel -> (ours, peer, weight bytes per call of each)."""
+    gen = torch.Generator().manual_seed(0)
+    weights = [torch.randn(n, k, generator=gen) * 0.02 for _ in range(sets) for n, k in _depth_step_shapes()]
+    xs = {k: torch.randn(1, k, generator=gen) for k in {w.shape[1] for w in weights}}
+    xb = {k: x.bfloat16() for k, x in xs.items()}
+    count = sum(w.numel() for w in weights)
+    ops = torch.ops.csm_cpu
+
+    def mkldnn(dtype: torch.dtype) -> tuple[Products, Products]:
+        inputs = xs if dtype == torch.float32 else xb
+        cast = [w.to(dtype) for w in weights]
+        packed = [torch.ops.mkldnn._reorder_linear_weight(w, 1) for w in cast]
+        blocked = [block_weight(w) for w in cast]
+        op = ops.gemv_f32 if dtype == torch.float32 else ops.gemv_bf16
+        ours = [(inputs[w.shape[1]], b, w.shape[0]) for w, b in zip(cast, blocked, strict=True)]
+        theirs = [(inputs[w.shape[1]], p) for w, p in zip(cast, packed, strict=True)]
+        return (
+            lambda: [op(x, b, n) for x, b, n in ours],
+            lambda: [torch.ops.mkldnn._linear_pointwise(x, p, None, "none", [], "") for x, p in theirs],
+        )
+
+    quantized = [per_channel_int8(w) for w in weights]
+
+    def padded(scale: torch.Tensor, blocked: torch.Tensor) -> torch.Tensor:
+        return torch.cat([scale, scale.new_zeros(blocked.shape[0] * 4 - len(scale))])
+
+    w8 = [(xs[q.shape[1]], b, padded(s, b), q.shape[0]) for q, s in quantized for b in [block_weight(q)]]
+    shifted = [((q.to(torch.int16) + INT8_MAX + 1).to(torch.uint8), s) for q, s in quantized]
+    int8 = [(xs[u.shape[1]], b, padded(s, b), u.shape[0]) for u, s in shifted for b in [block_weight(u)]]
+    pack_mm = [(xb[q.shape[1]], q, s.bfloat16()) for q, s in quantized]
+    with warnings.catch_warnings():  # torch marks the quantized-tensor API deprecated
+        warnings.simplefilter("ignore")
+        fbgemm = [(xs[q.shape[1]], torch.ops.quantized.linear_prepack(_qtensor(q, s), None)) for q, s in quantized]
+    return {
+        "gemv_f32 vs oneDNN fp32": (*mkldnn(torch.float32), 4 * count),
+        "gemv_bf16 vs oneDNN bf16": (*mkldnn(torch.bfloat16), 2 * count),
+        "gemv_w8 vs _weight_int8pack_mm": (
+            lambda: [ops.gemv_w8(*a) for a in w8],
+            lambda: [torch._weight_int8pack_mm(*a) for a in pack_mm],
+            count,
+        ),
+        "gemv_int8 vs fbgemm dynamic": (
+            lambda: [ops.gemv_int8(*a) for a in int8],
+            lambda: [torch.ops.quantized.linear_dynamic(x, p, False) for x, p in fbgemm],
+            count,
+        ),
+    }
+
+
+def _qtensor(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    zero_points = torch.zeros(len(scale), dtype=torch.int64)
+    return torch._make_per_channel_quantized_tensor(q, scale.double(), zero_points, 0)
+
+
+def _seconds(run: Products, calls: int) -> float:
+    start = time.perf_counter()
+    for _ in range(calls):
+        run()
+    return (time.perf_counter() - start) / calls
+
+
+def bench_gemv(args: argparse.Namespace) -> dict:
+    if not kernels_available():
+        raise SystemExit("our CPU kernels cannot run here (they need AVX-512 bf16 and VNNI, and a C++ compiler)")
+    rows = []
+    with torch.inference_mode():
+        for name, (ours, peer, nbytes) in _pairs(args.sets).items():
+            ours(), peer()  # warm up
+            times: dict[str, list[float]] = {"ours": [], "peer": []}
+            for _ in range(args.repeats):  # interleaved: both see the same machine
+                times["ours"].append(_seconds(ours, args.calls))
+                times["peer"].append(_seconds(peer, args.calls))
+            ours_s, peer_s = statistics.median(times["ours"]), statistics.median(times["peer"])
+            rows.append(
+                {
+                    "kernels": name,
+                    "ours_ms": 1000 * ours_s,
+                    "peer_ms": 1000 * peer_s,
+                    "ours_gb_s": nbytes / ours_s / 1e9,
+                    "peer_gb_s": nbytes / peer_s / 1e9,
+                    "speed_up": peer_s / ours_s,
+                }
+            )
+    return {
+        "benchmark": "gemv",
+        "device": device_name(torch.device("cpu")),
+        "torch": torch.__version__,
+        "date": dt.date.today().isoformat(),
+        "command": command_line(),
+        "weights": f"{args.sets} copies of a csm-1b depth step's 16 projections, one activation row",
+        "repeats": args.repeats,
+        "rows": rows,
+    }
+
+
+def print_gemv_table(r: dict) -> None:
+    print(f"\n{r['weights']}, on {r['device']}; median of {r['repeats']} interleaved rounds")
+    print("| ours vs peer | ours ms | peer ms | ours GB/s | peer GB/s | speed-up |")
+    print("|---|---|---|---|---|---|")
+    for row in r["rows"]:
+        print(
+            f"| {row['kernels']} | {row['ours_ms']:.2f} | {row['peer_ms']:.2f} | {row['ours_gb_s']:.1f} "
+            f"| {row['peer_gb_s']:.1f} | {row['speed_up']:.2f}x |"
+        )
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "gemv", help="CPU: our matrix-vector kernels vs oneDNN, fbgemm and torch's int8 (full-size shapes)"
+    )
+    p.add_argument("--sets", type=int, default=2, help="copies of a depth step's weights (2: ~450 MB in fp32)")
+    p.add_argument("--repeats", type=int, default=5, help="interleaved rounds")
+    p.add_argument("--calls", type=int, default=10, help="passes over the weights per round")
+    p.add_argument("--json", help="also write the JSON here")
