@@ -3,9 +3,9 @@
 A batch-1 frame step is a chain of matrix-vector products bound by how fast the weights stream
 from memory. On a CPU with AVX-512 (bf16 dot products and VNNI), these modules keep each weight
 once, in the kernels' blocked layout, and multiply through ``torch.ops.csm_cpu``: measured on the
-2-core dev machine over a depth-decoder step's weights out of cache (docs/benchmarks.md), the bf16
-kernel streams ~26 GB/s against oneDNN's prepacked ~17, fp32 ~26 against ~21, and the int8 one ~26
-against fbgemm's ~23. The weights are plain tensors (buffers), so ``torch.compile`` traces the
+2-core dev machine over a depth-decoder step's weights out of cache (``csm-service bench gemv``,
+docs/benchmarks.md), the bf16 kernel is 1.36x as fast as oneDNN's prepacked product (34 against
+25 GB/s) and the fp32 one 1.11x. With many rows (a prefill chunk) oneDNN's is faster (~1.4x at 512). The weights are plain tensors (buffers), so ``torch.compile`` traces the
 operator directly: no handle table as for oneDNN's opaque packed weights (model/fuse.py).
 
 - :class:`GemvLinear`: a float32 or bfloat16 projection, y = x @ W.T.

@@ -2,7 +2,7 @@
 // from memory. Each weight is stored once in a blocked layout, [NB, K / KB, R, KB]: R output rows
 // side by side, KB inputs of each, so a thread reads its share as one sequential stream of 64-byte
 // lines (the layout oneDNN's prepacked weights and fbgemm's packed ones also aim for; this one is
-// simpler and streams faster on the dev machine, docs/benchmarks.md). Rows are padded with zeros to
+// simpler and streams faster on the dev machine: `csm-service bench gemv`, docs/benchmarks.md). Rows are padded with zeros to
 // a multiple of R; the caller passes the true row count n.
 //
 // Every x row is computed the same way whatever the number of rows M: blocks are taken in tiles that
