@@ -37,6 +37,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -60,6 +61,17 @@ void for_blocks(int64_t NB, int64_t M, int64_t K, int64_t block_bytes, const F& 
         for (int64_t b = t0; b < t1; ++b) block(b, m0, std::min(MAX_MM, M - m0));
     }
   });
+}
+
+// f(std::integral_constant<int, mm>) for mm in 1..4: a row chunk's size as a template argument.
+template <typename F>
+void with_rows(int64_t mm, const F& f) {
+  switch (mm) {
+    case 1: f(std::integral_constant<int, 1>{}); break;
+    case 2: f(std::integral_constant<int, 2>{}); break;
+    case 3: f(std::integral_constant<int, 3>{}); break;
+    default: f(std::integral_constant<int, 4>{}); break;
+  }
 }
 
 void check_common(const at::Tensor& x, const at::Tensor& w, int64_t n, int64_t kb, const char* name) {
@@ -102,12 +114,7 @@ at::Tensor gemv_f32(const at::Tensor& x, const at::Tensor& w, int64_t n) {
     const float* wb = wp + b * R * K;
     const float* xm = xp + m0 * K;
     float* ym = yp + m0 * n;
-    switch (mm) {
-      case 1: f32_block<1>(xm, wb, ym, K, n, b * R, n); break;
-      case 2: f32_block<2>(xm, wb, ym, K, n, b * R, n); break;
-      case 3: f32_block<3>(xm, wb, ym, K, n, b * R, n); break;
-      default: f32_block<4>(xm, wb, ym, K, n, b * R, n); break;
-    }
+    with_rows(mm, [&](auto rows) { f32_block<decltype(rows)::value>(xm, wb, ym, K, n, b * R, n); });
   });
   return y;
 }
@@ -145,12 +152,7 @@ at::Tensor gemv_bf16(const at::Tensor& x, const at::Tensor& w, int64_t n) {
     const at::BFloat16* wb = wp + b * R * K;
     const at::BFloat16* xm = xp + m0 * K;
     at::BFloat16* ym = yp + m0 * n;
-    switch (mm) {
-      case 1: bf16_block<1>(xm, wb, ym, K, n, b * R, n); break;
-      case 2: bf16_block<2>(xm, wb, ym, K, n, b * R, n); break;
-      case 3: bf16_block<3>(xm, wb, ym, K, n, b * R, n); break;
-      default: bf16_block<4>(xm, wb, ym, K, n, b * R, n); break;
-    }
+    with_rows(mm, [&](auto rows) { bf16_block<decltype(rows)::value>(xm, wb, ym, K, n, b * R, n); });
   });
   return y;
 }
@@ -233,12 +235,7 @@ at::Tensor gemv_int8(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
     const float* sm = xs.data() + m0 * NG;
     const float* cm = corr.data() + m0;
     float* ym = yp + m0 * n;
-    switch (mm) {
-      case 1: int8_block<1>(xm, sm, cm, wb, sp, ym, K, n, b * R, n); break;
-      case 2: int8_block<2>(xm, sm, cm, wb, sp, ym, K, n, b * R, n); break;
-      case 3: int8_block<3>(xm, sm, cm, wb, sp, ym, K, n, b * R, n); break;
-      default: int8_block<4>(xm, sm, cm, wb, sp, ym, K, n, b * R, n); break;
-    }
+    with_rows(mm, [&](auto rows) { int8_block<decltype(rows)::value>(xm, sm, cm, wb, sp, ym, K, n, b * R, n); });
   });
   return y;
 }
@@ -282,12 +279,7 @@ at::Tensor gemv_w8(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s
     const int8_t* wb = wp + b * R * K;
     const float* xm = xp + m0 * K;
     float* ym = yp + m0 * n;
-    switch (mm) {
-      case 1: w8_block<1>(xm, wb, sp, ym, K, n, b * R, n); break;
-      case 2: w8_block<2>(xm, wb, sp, ym, K, n, b * R, n); break;
-      case 3: w8_block<3>(xm, wb, sp, ym, K, n, b * R, n); break;
-      default: w8_block<4>(xm, wb, sp, ym, K, n, b * R, n); break;
-    }
+    with_rows(mm, [&](auto rows) { w8_block<decltype(rows)::value>(xm, wb, sp, ym, K, n, b * R, n); });
   });
   return y;
 }
