@@ -44,7 +44,6 @@ import logging
 import threading
 import weakref
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -52,6 +51,7 @@ from torch import nn
 from csm_service.config import QUANT_MODES
 from csm_service.model.csm import CSM
 from csm_service.model.handle_ops import define_handle_op
+from csm_service.model.kernels.build import cpu_flags
 from csm_service.model.kernels.ops import ROWS_PER_BLOCK, block_weight
 
 __all__ = ["QUANT_MODES", "Int8DynamicLinear", "Int8GemvLinear", "Int8Linear", "quantize_int8"]
@@ -74,11 +74,7 @@ def per_channel_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 @functools.cache
 def has_vnni(cpuinfo: str = "/proc/cpuinfo") -> bool:
     """Whether the CPU multiplies u8 x s8 into 32-bit sums (VNNI): then activations keep all 8 bits."""
-    try:
-        flags = Path(cpuinfo).read_text()
-    except OSError:
-        return False
-    return "avx512_vnni" in flags or "avx_vnni" in flags
+    return bool({"avx512_vnni", "avx_vnni"} & cpu_flags(cpuinfo))
 
 
 _REDUCE_RANGE = not has_vnni()  # 7-bit activations without VNNI, so fbgemm's u8 x s8 sums cannot saturate

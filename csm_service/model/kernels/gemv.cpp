@@ -83,6 +83,11 @@ void check_common(const at::Tensor& x, const at::Tensor& w, int64_t n, int64_t k
   TORCH_CHECK(n > 0 && n <= w.size(0) * R && n > (w.size(0) - 1) * R, name, ": n=", n, " does not fit ", w.size(0), " blocks");
 }
 
+void check_scale(const at::Tensor& scale, const at::Tensor& w, const char* name) {
+  TORCH_CHECK(scale.scalar_type() == at::kFloat && scale.is_contiguous() && scale.numel() == w.size(0) * R, name,
+              ": scale must be float32 [NB * 4]");
+}
+
 // ---- float32 -----------------------------------------------------------------------------------
 template <int MM>
 void f32_block(const float* x, const float* wb, float* y, int64_t K, int64_t n_out, int64_t row0, int64_t n) {
@@ -218,8 +223,7 @@ at::Tensor gemv_int8(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
   TORCH_CHECK(x.scalar_type() == at::kFloat, "gemv_int8: x must be float32");
   TORCH_CHECK(w.scalar_type() == at::kByte, "gemv_int8: w must be uint8 (q + 128)");
   check_common(x, w, n, G, "gemv_int8");
-  TORCH_CHECK(scale.scalar_type() == at::kFloat && scale.is_contiguous() && scale.numel() == w.size(0) * R,
-              "gemv_int8: scale must be float32 [NB * 4]");
+  check_scale(scale, w, "gemv_int8");
   const int64_t M = x.size(0), K = x.size(1), NG = K / G;
   std::vector<int8_t> xq(M * K);
   std::vector<float> xs(M * NG), corr(M);
@@ -267,8 +271,7 @@ at::Tensor gemv_w8(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s
   TORCH_CHECK(x.scalar_type() == at::kFloat, "gemv_w8: x must be float32");
   TORCH_CHECK(w.scalar_type() == at::kChar, "gemv_w8: w must be int8");
   check_common(x, w, n, G, "gemv_w8");
-  TORCH_CHECK(scale.scalar_type() == at::kFloat && scale.is_contiguous() && scale.numel() == w.size(0) * R,
-              "gemv_w8: scale must be float32 [NB * 4]");
+  check_scale(scale, w, "gemv_w8");
   const int64_t M = x.size(0), K = x.size(1);
   at::Tensor y = at::empty({M, n}, x.options());
   const float* xp = x.data_ptr<float>();
