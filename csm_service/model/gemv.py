@@ -2,10 +2,11 @@
 
 A batch-1 frame step is a chain of matrix-vector products bound by how fast the weights stream
 from memory. On a CPU with AVX-512 (bf16 dot products and VNNI), these modules keep each weight
-once, in the kernels' blocked layout, and multiply through ``torch.ops.csm_cpu``: measured on the
-2-core dev machine over a depth-decoder step's weights out of cache (``csm-service bench gemv``,
-docs/benchmarks.md), the bf16 kernel is 1.36x as fast as oneDNN's prepacked product (34 against
-25 GB/s) and the fp32 one 1.11x. With many rows (a prefill chunk) oneDNN's is faster (~1.4x at 512). The weights are plain tensors (buffers), so ``torch.compile`` traces the
+once, in the kernels' blocked layout (64 outputs per block, products as outer products), and
+multiply through ``torch.ops.csm_cpu``. On the 2-core dev machine (``csm-service bench gemv``,
+docs/benchmarks.md) the bf16 kernel is ~1.5x as fast as oneDNN's prepacked product at one row and
+1.1-1.25x at 4 to 16 rows (streams batched together); at 128-512 rows (a prefill chunk) it is
+level with oneDNN's. The weights are plain tensors (buffers), so ``torch.compile`` traces the
 operator directly: no handle table as for oneDNN's opaque packed weights (model/fuse.py).
 
 - :class:`GemvLinear`: a float32 or bfloat16 projection, y = x @ W.T.
@@ -47,7 +48,7 @@ class GemvLinear(nn.Module):
         super().__init__()
         self.out_features, self.in_features = weight.shape
         self.op = _OPS[weight.dtype]
-        self.register_buffer("blocked", block_weight(weight.detach()))  # [NB, K/KB, 4, KB]
+        self.register_buffer("blocked", block_weight(weight.detach()))  # [NB, K/KP, 64, KP]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [..., K] -> [..., N]
         flat = x.reshape(-1, self.in_features).contiguous()  # [M, K]
@@ -66,7 +67,7 @@ class GemvHeads(nn.Module):
         self.vocab_size = audio_head.shape[-1]
         self.op = _OPS[audio_head.dtype]
         blocked = [block_weight(w.t().contiguous()) for w in audio_head.detach()]
-        self.register_buffer("blocked", torch.stack(blocked))  # [K - 1, NB, d/KB, 4, KB]
+        self.register_buffer("blocked", torch.stack(blocked))  # [K - 1, NB, d/KP, 64, KP]
 
     def forward(self, codebook: int, h: torch.Tensor) -> torch.Tensor:
         """Codebook 1..K-1's logits from decoder hidden h [B, d]; ``codebook`` may be symbolic."""

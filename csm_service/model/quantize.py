@@ -52,7 +52,7 @@ from csm_service.config import QUANT_MODES
 from csm_service.model.csm import CSM
 from csm_service.model.handle_ops import define_handle_op
 from csm_service.model.kernels.build import cpu_flags
-from csm_service.model.kernels.ops import ROWS_PER_BLOCK, block_weight
+from csm_service.model.kernels.ops import block_scale, block_weight, unblock_weight
 
 __all__ = ["QUANT_MODES", "Int8DynamicLinear", "Int8GemvLinear", "Int8Linear", "quantize_int8"]
 
@@ -164,10 +164,8 @@ class Int8GemvLinear(nn.Module):
         q, scale = per_channel_int8(weight)
         # VNNI multiplies u8 by s8: with int8 activations the weight is kept as q + 128.
         stored = (q.to(torch.int16) + 128).to(torch.uint8) if round_activations else q
-        self.register_buffer("blocked", block_weight(stored))  # [NB, K/64, 4, 64]
-        padded = scale.new_zeros(self.blocked.shape[0] * ROWS_PER_BLOCK)
-        padded[: self.out_features] = scale
-        self.register_buffer("block_scale", padded)  # [NB * 4] float32, zero for padding rows
+        self.register_buffer("blocked", block_weight(stored))  # [NB, K/KP, 64, KP]: KP 4 (u8) or 1 (s8)
+        self.register_buffer("block_scale", block_scale(scale, self.blocked))  # [NB * 64], zero for padding rows
 
     @classmethod
     def fits(cls, weight: torch.Tensor) -> bool:
@@ -176,9 +174,8 @@ class Int8GemvLinear(nn.Module):
     @property
     def weight_int8(self) -> torch.Tensor:
         """q int8 [N, K], read back from the blocked weight."""
-        nb, _, rows, _ = self.blocked.shape
-        flat = self.blocked.transpose(1, 2).reshape(nb * rows, self.in_features)[: self.out_features]
-        return (flat.to(torch.int16) - 128).to(torch.int8) if self.round_activations else flat.clone()
+        flat = unblock_weight(self.blocked, self.out_features)
+        return (flat.to(torch.int16) - 128).to(torch.int8) if self.round_activations else flat
 
     @property
     def scale(self) -> torch.Tensor:

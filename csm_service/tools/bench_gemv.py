@@ -1,8 +1,10 @@
 """``csm-service bench gemv``: our CPU matrix-vector kernels against the products they replace.
 
-One row of activations times a full-size depth-decoder step's weights (4 layers: qkv, o, gate_up,
-down), ``--sets`` distinct copies so the weights come from memory, not cache, as in a frame. Each
-pair is timed in interleaved rounds, median reported, with the bytes of weight read per second:
+``--rows`` rows of activations (1: a batch-1 frame step; several: streams batched together; a few
+hundred: a prefill chunk) times full-size weights: a depth-decoder step's (4 layers: qkv, o,
+gate_up, down) or, with ``--stack backbone``, two backbone layers', ``--sets`` distinct copies so
+the weights come from memory, not cache, as in a frame. Each pair is timed in interleaved rounds,
+median reported, with the bytes of weight read per second:
 
 | ours | replaces | used for |
 |---|---|---|
@@ -24,24 +26,29 @@ from collections.abc import Callable
 import torch
 
 from csm_service.config import CSM_1B
-from csm_service.model.kernels.ops import block_weight, kernels_available
+from csm_service.model.kernels.ops import block_scale, block_weight, kernels_available
 from csm_service.model.quantize import INT8_MAX, per_channel_int8
 from csm_service.tools.bench_common import command_line, device_name
 
 Products = Callable[[], object]
 
 
-def _depth_step_shapes() -> list[tuple[int, int]]:
-    d = CSM_1B.decoder
+STACK_LAYERS = {"depth": 4, "backbone": 2}  # layers per set: a whole depth step; two backbone layers
+
+
+def _step_shapes(stack: str) -> list[tuple[int, int]]:
+    """[N, K] of every projection in ``STACK_LAYERS[stack]`` layers of csm-1b's depth decoder or backbone."""
+    d = CSM_1B.decoder if stack == "depth" else CSM_1B.backbone
     qkv = (d.num_heads + 2 * d.num_kv_heads) * d.head_dim
-    return [(qkv, d.dim), (d.dim, d.num_heads * d.head_dim), (2 * d.mlp_dim, d.dim), (d.dim, d.mlp_dim)] * d.num_layers
+    layer = [(qkv, d.dim), (d.dim, d.num_heads * d.head_dim), (2 * d.mlp_dim, d.dim), (d.dim, d.mlp_dim)]
+    return layer * STACK_LAYERS[stack]
 
 
-def _pairs(sets: int) -> dict[str, tuple[Products, Products, int]]:
+def _pairs(sets: int, stack: str, rows: int) -> dict[str, tuple[Products, Products, int]]:
     """kernel -> (ours, peer, weight bytes per call of each)."""
     gen = torch.Generator().manual_seed(0)
-    weights = [torch.randn(n, k, generator=gen) * 0.02 for _ in range(sets) for n, k in _depth_step_shapes()]
-    xs = {k: torch.randn(1, k, generator=gen) for k in {w.shape[1] for w in weights}}
+    weights = [torch.randn(n, k, generator=gen) * 0.02 for _ in range(sets) for n, k in _step_shapes(stack)]
+    xs = {k: torch.randn(rows, k, generator=gen) for k in {w.shape[1] for w in weights}}
     xb = {k: x.bfloat16() for k, x in xs.items()}
     count = sum(w.numel() for w in weights)
     ops = torch.ops.csm_cpu
@@ -61,12 +68,9 @@ def _pairs(sets: int) -> dict[str, tuple[Products, Products, int]]:
 
     quantized = [per_channel_int8(w) for w in weights]
 
-    def padded(scale: torch.Tensor, blocked: torch.Tensor) -> torch.Tensor:
-        return torch.cat([scale, scale.new_zeros(blocked.shape[0] * 4 - len(scale))])
-
-    w8 = [(xs[q.shape[1]], b, padded(s, b), q.shape[0]) for q, s in quantized for b in [block_weight(q)]]
+    w8 = [(xs[q.shape[1]], b, block_scale(s, b), q.shape[0]) for q, s in quantized for b in [block_weight(q)]]
     shifted = [((q.to(torch.int16) + INT8_MAX + 1).to(torch.uint8), s) for q, s in quantized]
-    int8 = [(xs[u.shape[1]], b, padded(s, b), u.shape[0]) for u, s in shifted for b in [block_weight(u)]]
+    int8 = [(xs[u.shape[1]], b, block_scale(s, b), u.shape[0]) for u, s in shifted for b in [block_weight(u)]]
     pack_mm = [(xb[q.shape[1]], q, s.bfloat16()) for q, s in quantized]
     with warnings.catch_warnings():  # torch marks the quantized-tensor API deprecated
         warnings.simplefilter("ignore")
@@ -104,7 +108,9 @@ def bench_gemv(args: argparse.Namespace) -> dict:
         raise SystemExit("our CPU kernels cannot run here (they need AVX-512 bf16 and VNNI, and a C++ compiler)")
     rows = []
     with torch.inference_mode():
-        for name, (ours, peer, nbytes) in _pairs(args.sets).items():
+        for m, name, (ours, peer, nbytes) in (
+            (n_rows, *pair) for n_rows in args.rows for pair in _pairs(args.sets, args.stack, n_rows).items()
+        ):
             ours(), peer()  # warm up
             times: dict[str, list[float]] = {"ours": [], "peer": []}
             for _ in range(args.repeats):  # interleaved: both see the same machine
@@ -114,6 +120,7 @@ def bench_gemv(args: argparse.Namespace) -> dict:
             rows.append(
                 {
                     "kernels": name,
+                    "rows": m,
                     "ours_ms": 1000 * ours_s,
                     "peer_ms": 1000 * peer_s,
                     "ours_gb_s": nbytes / ours_s / 1e9,
@@ -127,7 +134,7 @@ def bench_gemv(args: argparse.Namespace) -> dict:
         "torch": torch.__version__,
         "date": dt.date.today().isoformat(),
         "command": command_line(),
-        "weights": f"{args.sets} copies of a csm-1b depth step's 16 projections, one activation row",
+        "weights": f"{args.sets} copies of the projections of {STACK_LAYERS[args.stack]} csm-1b {args.stack} layers",
         "repeats": args.repeats,
         "rows": rows,
     }
@@ -135,11 +142,11 @@ def bench_gemv(args: argparse.Namespace) -> dict:
 
 def print_gemv_table(r: dict) -> None:
     print(f"\n{r['weights']}, on {r['device']}; median of {r['repeats']} interleaved rounds")
-    print("| ours vs peer | ours ms | peer ms | ours GB/s | peer GB/s | speed-up |")
-    print("|---|---|---|---|---|---|")
+    print("| ours vs peer | rows | ours ms | peer ms | ours GB/s | peer GB/s | speed-up |")
+    print("|---|---|---|---|---|---|---|")
     for row in r["rows"]:
         print(
-            f"| {row['kernels']} | {row['ours_ms']:.2f} | {row['peer_ms']:.2f} | {row['ours_gb_s']:.1f} "
+            f"| {row['kernels']} | {row['rows']} | {row['ours_ms']:.2f} | {row['peer_ms']:.2f} | {row['ours_gb_s']:.1f} "
             f"| {row['peer_gb_s']:.1f} | {row['speed_up']:.2f}x |"
         )
 
@@ -148,7 +155,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "gemv", help="CPU: our matrix-vector kernels vs oneDNN, fbgemm and torch's int8 (full-size shapes)"
     )
-    p.add_argument("--sets", type=int, default=2, help="copies of a depth step's weights (2: ~450 MB in fp32)")
+    p.add_argument("--sets", type=int, default=2, help="copies of the weights (2 depth steps: ~450 MB in fp32)")
+    p.add_argument("--stack", choices=sorted(STACK_LAYERS), default="depth", help="whose weights: see STACK_LAYERS")
+    p.add_argument(
+        "--rows",
+        type=lambda v: [int(r) for r in v.split(",")],
+        default=[1],
+        help="activation rows per call, comma-separated (1: a frame step; 128-512: a prefill chunk)",
+    )
     p.add_argument("--repeats", type=int, default=5, help="interleaved rounds")
     p.add_argument("--calls", type=int, default=10, help="passes over the weights per round")
     p.add_argument("--json", help="also write the JSON here")

@@ -16,15 +16,21 @@ import torch
 
 from csm_service.model.gemv import GemvHeads, GemvLinear
 from csm_service.model.kernels import build
-from csm_service.model.kernels.ops import block_weight, kernels_available, quantize_activations, reference_gemv_int8
+from csm_service.model.kernels.ops import (
+    block_weight,
+    kernels_available,
+    quantize_activations,
+    reference_gemv_int8,
+    unblock_weight,
+)
 from csm_service.model.quantize import Int8GemvLinear, per_channel_int8
 
 needs_kernels = pytest.mark.skipif(
     not kernels_available(),
     reason=f"CPU gemv kernels unavailable here (need {', '.join(build.REQUIRED_CPU_FLAGS)} and a C++ compiler)",
 )
-SHAPES = [(1, 32), (7, 64), (2051, 1024), (1536, 96), (64, 8192)]  # (N, K): N not a multiple of 4 too
-ROWS = [1, 2, 3, 4, 5, 9]
+SHAPES = [(1, 32), (7, 64), (2051, 1024), (1536, 96), (64, 8192)]  # (N, K): N not a multiple of 64 too
+ROWS = [1, 2, 3, 5, 7, 13]  # within and across chunks of 6 rows
 
 
 def _f64_product(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -58,11 +64,12 @@ def test_the_kernels_build_and_load_where_they_can():
 
 @needs_kernels
 def test_a_row_gets_the_same_bits_whatever_shares_its_call():
-    """Rows run in chunks of up to 4 over tiles of weight blocks: a row's result must not depend on
-    M, from one row to a prefill chunk's many."""
+    """Rows run in chunks of up to 6 (3 for int8) over K tiles of each block of 64 outputs, blocks
+    split between threads: a row's result must not depend on M, from one row to a prefill chunk's
+    many, nor on the thread count. K = 4096 spans several K tiles in every dtype."""
     gen = torch.Generator().manual_seed(0)
-    w = torch.randn(2051, 1024, generator=gen) / 32
-    x = torch.randn(70, 1024, generator=gen) * 3
+    w = torch.randn(2051, 4096, generator=gen) / 64
+    x = torch.randn(70, 4096, generator=gen) * 3
     q, scale = per_channel_int8(w)
     w8, int8 = Int8GemvLinear(w, round_activations=False), Int8GemvLinear(w, round_activations=True)
     cases = [
@@ -71,11 +78,17 @@ def test_a_row_gets_the_same_bits_whatever_shares_its_call():
         ("gemv_w8", x, (w8.blocked, w8.block_scale)),
         ("gemv_int8", x, (int8.blocked, int8.block_scale)),
     ]
+    threads = torch.get_num_threads()
     for op, xs, weights in cases:
         together = getattr(torch.ops.csm_cpu, op)(xs, *weights, 2051)
         for i in range(70):
             alone = getattr(torch.ops.csm_cpu, op)(xs[i : i + 1].contiguous(), *weights, 2051)
             assert torch.equal(alone[0], together[i]), (op, i)
+        torch.set_num_threads(1)
+        try:
+            assert torch.equal(getattr(torch.ops.csm_cpu, op)(xs, *weights, 2051), together), op
+        finally:
+            torch.set_num_threads(threads)
     reference = x.double() @ (q.double() * scale.double()[:, None]).T
     assert ((w8(x).double() - reference).abs() <= reference.abs().amax() * 1e-5).all()
 
@@ -158,9 +171,7 @@ def test_modules_trace_and_one_graph_serves_every_codebook():
 
 def heads_weight(heads: GemvHeads, codebook: int) -> torch.Tensor:
     """Codebook's head [d, V] read back from the blocked buffer."""
-    blocked = heads.blocked[codebook - 1]  # [NB, d/32, 4, 32]
-    nb, kb, rows, width = blocked.shape
-    return blocked.transpose(1, 2).reshape(nb * rows, kb * width)[: heads.vocab_size].double().T
+    return unblock_weight(heads.blocked[codebook - 1], heads.vocab_size).double().T  # [d, V]
 
 
 @needs_kernels
@@ -168,12 +179,12 @@ def heads_weight(heads: GemvHeads, codebook: int) -> torch.Tensor:
     "call,message",
     [
         (lambda w: torch.ops.csm_cpu.gemv_f32(torch.randn(2, 48), w, 8), "columns"),
-        (lambda w: torch.ops.csm_cpu.gemv_f32(torch.randn(2, 32), w, 9), "does not fit"),
+        (lambda w: torch.ops.csm_cpu.gemv_f32(torch.randn(2, 32), w, 65), "does not fit"),
         (lambda w: torch.ops.csm_cpu.gemv_f32(torch.randn(32, 2).T, w, 8), "contiguous"),
         (lambda w: torch.ops.csm_cpu.gemv_bf16(torch.randn(2, 32), w, 8), "bfloat16"),
         (lambda w: torch.ops.csm_cpu.gemv_int8(torch.randn(2, 32), w, torch.ones(8), 8), "uint8"),
         (lambda w: torch.ops.csm_cpu.gemv_w8(torch.randn(2, 32), w, torch.ones(8), 8), "int8"),
-        (lambda w: torch.ops.csm_cpu.gemv_f32(torch.randn(2, 0), torch.empty(2, 0, 4, 16), 8), "no columns"),
+        (lambda w: torch.ops.csm_cpu.gemv_f32(torch.randn(2, 0), torch.empty(2, 0, 64, 1), 8), "no columns"),
     ],
 )
 def test_bad_arguments_raise_instead_of_reading_out_of_bounds(call, message):

@@ -1,8 +1,9 @@
 """The blocked layouts the CPU gemv kernels read, their fake kernels for tracing, and references.
 
-``torch.ops.csm_cpu.gemv_{f32,bf16,int8}`` (gemv.cpp) take a weight reordered once by
-:func:`block_weight` into [NB, K / KB, 4, KB]. :func:`reference_gemv_int8` is the int8 kernel's
-arithmetic in plain torch, for the tests.
+``torch.ops.csm_cpu.gemv_{f32,bf16,int8,w8}`` (gemv.cpp) take a weight reordered once by
+:func:`block_weight` into [NB, K / KP, 64, KP] (64 output channels per block, KP inputs per 32-bit
+lane), and int8 scales padded to it by :func:`block_scale`. :func:`reference_gemv_int8` is the int8
+kernel's arithmetic in plain torch, for the tests.
 """
 
 from __future__ import annotations
@@ -13,12 +14,23 @@ import torch
 
 from csm_service.model.kernels import build
 
-__all__ = ["ROWS_PER_BLOCK", "block_weight", "kernels_available", "reference_gemv_int8", "INT8_GROUP"]
+__all__ = [
+    "OUTPUTS_PER_BLOCK",
+    "INT8_GROUP",
+    "block_scale",
+    "block_weight",
+    "kernels_available",
+    "reference_gemv_int8",
+    "unblock_weight",
+]
 
-ROWS_PER_BLOCK = 4
+OUTPUTS_PER_BLOCK = 64
 INT8_GROUP = 64  # inputs per activation scale in gemv_int8
 MIN_GROUP_AMAX = 1e-30  # gemv_int8 rounds a group whose largest |x| is at most this to zeros
 _KB = {torch.float32: 16, torch.bfloat16: 32, torch.uint8: 64, torch.int8: 64}  # inputs per 64-byte line
+# Inputs per 32-bit lane of the kernel's multiply: bf16 pairs (dpbf16), u8 quads (VNNI, gemv_int8);
+# int8 weights for gemv_w8 are widened to float32 one input at a time.
+_KP = {torch.float32: 1, torch.bfloat16: 2, torch.uint8: 4, torch.int8: 1}
 
 
 def kernels_available(cache_dir: str = "") -> bool:
@@ -37,15 +49,29 @@ def fits(weight: torch.Tensor) -> bool:
 
 
 def block_weight(weight: torch.Tensor) -> torch.Tensor:
-    """weight [N, K] (float32, bfloat16, uint8 or int8) -> [NB, K / KB, 4, KB], rows zero-padded to 4 * NB."""
+    """weight [N, K] (float32, bfloat16, uint8 or int8) -> [NB, K / KP, 64, KP], rows zero-padded to
+    64 * NB."""
     if not fits(weight):
         raise ValueError(f"no blocked layout for a {tuple(weight.shape)} {weight.dtype} weight")
     n, k = weight.shape
-    kb = _KB[weight.dtype]
-    nb = -(-n // ROWS_PER_BLOCK)
-    padded = weight.new_zeros((nb * ROWS_PER_BLOCK, k))
+    kp = _KP[weight.dtype]
+    nb = -(-n // OUTPUTS_PER_BLOCK)
+    padded = weight.new_zeros((nb * OUTPUTS_PER_BLOCK, k))
     padded[:n] = weight
-    return padded.view(nb, ROWS_PER_BLOCK, k // kb, kb).transpose(1, 2).contiguous()
+    return padded.view(nb, OUTPUTS_PER_BLOCK, k // kp, kp).transpose(1, 2).contiguous()
+
+
+def unblock_weight(blocked: torch.Tensor, n: int) -> torch.Tensor:
+    """[NB, K / KP, 64, KP] -> the [n, K] weight :func:`block_weight` was given (a copy)."""
+    nb, kc, outputs, kp = blocked.shape
+    return blocked.transpose(1, 2).reshape(nb * outputs, kc * kp)[:n].clone()
+
+
+def block_scale(scale: torch.Tensor, blocked: torch.Tensor) -> torch.Tensor:
+    """Per-output scale [N] float32 -> [NB * 64], zero for the padding rows of ``blocked``."""
+    padded = scale.new_zeros(blocked.shape[0] * OUTPUTS_PER_BLOCK)
+    padded[: len(scale)] = scale
+    return padded
 
 
 _fakes_registered = False
