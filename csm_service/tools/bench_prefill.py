@@ -133,6 +133,7 @@ def bench_prefill(args: argparse.Namespace) -> dict:
         chunk_frames=1,  # one frame per chunk: each frame's arrival time is seen
         use_cuda_graphs=not args.no_cuda_graphs,
         prefill_chunk_positions=args.chunk_positions,
+        cpu_kernels=not args.no_cpu_kernels,
     )
     engine, model_name = make_engine(args.config, cfg)
     try:
@@ -145,6 +146,7 @@ def bench_prefill(args: argparse.Namespace) -> dict:
         "device": device_name(engine.runner.device),
         "dtype": str(engine.runner.dtype).removeprefix("torch."),
         "cuda_graphs": bool(engine.runner.graphs),
+        "cpu_kernels": bool(engine.runner.gemv),
         "torch": torch.__version__,
         "date": dt.date.today().isoformat(),
         "command": command_line(),
@@ -156,7 +158,8 @@ def bench_prefill(args: argparse.Namespace) -> dict:
 
 def print_prefill_table(r: dict) -> None:
     print(
-        f"\n{r['model']} on {r['device']} ({r['dtype']}): {r['live_streams']} live streams, a cold "
+        f"\n{r['model']} on {r['device']} ({r['dtype']}{', our CPU kernels' if r['cpu_kernels'] else ''}): "
+        f"{r['live_streams']} live streams, a cold "
         f"{r['voice_seconds']} s voice prompt ({r['rows'][0]['voice_prompt_positions']} positions) admitted beside them"
     )
     print(
@@ -190,4 +193,5 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warm-frames", type=int, default=4, help="frames each live stream has before the admission")
     p.add_argument("--live-frames", type=int, default=0, help="frames after that; 0: enough to outlast the prefill")
     p.add_argument("--no-cuda-graphs", action="store_true")
+    p.add_argument("--no-cpu-kernels", action="store_true", help="CPU: oneDNN's products instead of our gemv kernels")
     p.add_argument("--json", help="also write the JSON here")
