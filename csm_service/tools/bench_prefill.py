@@ -122,7 +122,12 @@ def run_mode(engine: Engine, args: argparse.Namespace, chunk: int, voice_seed: i
     }
 
 
+MIN_WARM_FRAMES = 3  # a live stream's intervals before the admission need its 2nd and 3rd frames
+
+
 def bench_prefill(args: argparse.Namespace) -> dict:
+    if args.warm_frames < MIN_WARM_FRAMES:
+        raise SystemExit(f"--warm-frames must be at least {MIN_WARM_FRAMES} (intervals before the admission)")
     cfg = EngineConfig(
         model=args.model or TINY_RANDOM,
         device=args.device,

@@ -119,15 +119,21 @@ void check_scale(const at::Tensor& scale, const at::Tensor& w, const char* name)
               ": scale must be float32 [NB * 64]");
 }
 
-// ---- float32 -----------------------------------------------------------------------------------
-template <int MM>
-void f32_tile(const float* x, int64_t K, const float* wb, int64_t k0, int64_t k1, float* io) {
+// ---- float32 activations, float32 or int8 weights (FMA) ---------------------------------------
+inline __m512 widen16(const float* w) { return _mm512_loadu_ps(w); }
+inline __m512 widen16(const int8_t* w) {
+  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w))));
+}
+
+// gemv_f32's tile (W = float) and gemv_w8's (W = int8_t, widened to float32 in registers).
+template <int MM, typename W>
+void fma_tile(const float* x, int64_t K, const W* wb, int64_t k0, int64_t k1, float* io) {
   __m512 acc[MM][V];
   load_sums(io, acc);
   for (int64_t k = k0; k < k1; ++k) {
-    const float* wk = wb + k * NW;  // [64]
+    const W* wk = wb + k * NW;  // [64]
     __m512 wv[V];
-    for (int j = 0; j < V; ++j) wv[j] = _mm512_loadu_ps(wk + 16 * j);
+    for (int j = 0; j < V; ++j) wv[j] = widen16(wk + 16 * j);
     for (int m = 0; m < MM; ++m) {
       const __m512 xv = _mm512_set1_ps(x[m * K + k]);
       for (int j = 0; j < V; ++j) acc[m][j] = _mm512_fmadd_ps(wv[j], xv, acc[m][j]);
@@ -147,7 +153,7 @@ at::Tensor gemv_f32(const at::Tensor& x, const at::Tensor& w, int64_t n) {
   for_tiles<6>(
       M, K, w.size(0), sizeof(float),
       [&](auto rows, int64_t m0, int64_t b, int64_t k0, int64_t k1, float* io) {
-        f32_tile<decltype(rows)::value>(xp + m0 * K, K, wp + b * K * NW, k0, k1, io);
+        fma_tile<decltype(rows)::value>(xp + m0 * K, K, wp + b * K * NW, k0, k1, io);
       },
       [&](int64_t b, const float* acc) { write_block(yp, acc, M, n, b, [](int64_t, int64_t, float s) { return s; }); });
   return y;
@@ -278,24 +284,7 @@ at::Tensor gemv_int8(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
   return y;
 }
 
-// ---- int8 weights, float32 activations ---------------------------------------------------------
-template <int MM>
-void w8_tile(const float* x, int64_t K, const int8_t* wb, int64_t k0, int64_t k1, float* io) {
-  __m512 acc[MM][V];
-  load_sums(io, acc);
-  for (int64_t k = k0; k < k1; ++k) {
-    const int8_t* wk = wb + k * NW;  // [64]
-    __m512 wv[V];
-    for (int j = 0; j < V; ++j)
-      wv[j] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wk + 16 * j))));
-    for (int m = 0; m < MM; ++m) {
-      const __m512 xv = _mm512_set1_ps(x[m * K + k]);
-      for (int j = 0; j < V; ++j) acc[m][j] = _mm512_fmadd_ps(wv[j], xv, acc[m][j]);
-    }
-  }
-  store_sums(io, acc);
-}
-
+// ---- int8 weights, float32 activations (weight-only int8): fma_tile above ----------------------
 at::Tensor gemv_w8(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale, int64_t n) {
   TORCH_CHECK(x.scalar_type() == at::kFloat, "gemv_w8: x must be float32");
   TORCH_CHECK(w.scalar_type() == at::kChar, "gemv_w8: w must be int8");
@@ -310,7 +299,7 @@ at::Tensor gemv_w8(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s
   for_tiles<6>(
       M, K, w.size(0), 1,
       [&](auto rows, int64_t m0, int64_t b, int64_t k0, int64_t k1, float* io) {
-        w8_tile<decltype(rows)::value>(xp + m0 * K, K, wp + b * K * NW, k0, k1, io);
+        fma_tile<decltype(rows)::value>(xp + m0 * K, K, wp + b * K * NW, k0, k1, io);
       },
       [&](int64_t b, const float* acc) {
         write_block(yp, acc, M, n, b, [&](int64_t, int64_t c, float s) { return s * sp[c]; });
