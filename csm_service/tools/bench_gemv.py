@@ -44,51 +44,62 @@ def _step_shapes(stack: str) -> list[tuple[int, int]]:
     return layer * STACK_LAYERS[stack]
 
 
-def _pairs(sets: int, stack: str, rows: int) -> dict[str, tuple[Products, Products, int]]:
-    """kernel -> (ours, peer, weight bytes per call of each)."""
+Pairs = dict[str, tuple[Products, Products, int]]
+
+
+def _pairs(sets: int, stack: str) -> Callable[[int], Pairs]:
+    """Weights built, blocked, packed and quantized once -> rows -> {kernel: (ours, peer, weight
+    bytes per call of each)} on that many activation rows."""
     gen = torch.Generator().manual_seed(0)
     weights = [torch.randn(n, k, generator=gen) * 0.02 for _ in range(sets) for n, k in _step_shapes(stack)]
-    xs = {k: torch.randn(rows, k, generator=gen) for k in {w.shape[1] for w in weights}}
-    xb = {k: x.bfloat16() for k, x in xs.items()}
     count = sum(w.numel() for w in weights)
     ops = torch.ops.csm_cpu
-
-    def mkldnn(dtype: torch.dtype) -> tuple[Products, Products]:
-        inputs = xs if dtype == torch.float32 else xb
+    floats = {}  # dtype -> [(ours' blocked weight, oneDNN's packed one, N)]
+    for dtype in (torch.float32, torch.bfloat16):
         cast = [w.to(dtype) for w in weights]
-        packed = [torch.ops.mkldnn._reorder_linear_weight(w, 1) for w in cast]
-        blocked = [block_weight(w) for w in cast]
-        op = ops.gemv_f32 if dtype == torch.float32 else ops.gemv_bf16
-        ours = [(inputs[w.shape[1]], b, w.shape[0]) for w, b in zip(cast, blocked, strict=True)]
-        theirs = [(inputs[w.shape[1]], p) for w, p in zip(cast, packed, strict=True)]
-        return (
-            lambda: [op(x, b, n) for x, b, n in ours],
-            lambda: [torch.ops.mkldnn._linear_pointwise(x, p, None, "none", [], "") for x, p in theirs],
-        )
-
+        floats[dtype] = [(block_weight(w), torch.ops.mkldnn._reorder_linear_weight(w, 1), w.shape[0]) for w in cast]
     quantized = [per_channel_int8(w) for w in weights]
-
-    w8 = [(xs[q.shape[1]], b, block_scale(s, b), q.shape[0]) for q, s in quantized for b in [block_weight(q)]]
+    w8 = [(b, block_scale(s, b), q.shape[0]) for q, s in quantized for b in [block_weight(q)]]
     shifted = [((q.to(torch.int16) + INT8_MAX + 1).to(torch.uint8), s) for q, s in quantized]
-    int8 = [(xs[u.shape[1]], b, block_scale(s, b), u.shape[0]) for u, s in shifted for b in [block_weight(u)]]
-    pack_mm = [(xb[q.shape[1]], q, s.bfloat16()) for q, s in quantized]
+    int8 = [(b, block_scale(s, b), u.shape[0]) for u, s in shifted for b in [block_weight(u)]]
+    pack_mm = [(q, s.bfloat16()) for q, s in quantized]
     with warnings.catch_warnings():  # torch marks the quantized-tensor API deprecated
         warnings.simplefilter("ignore")
-        fbgemm = [(xs[q.shape[1]], torch.ops.quantized.linear_prepack(_qtensor(q, s), None)) for q, s in quantized]
-    return {
-        "gemv_f32 vs oneDNN fp32": (*mkldnn(torch.float32), 4 * count),
-        "gemv_bf16 vs oneDNN bf16": (*mkldnn(torch.bfloat16), 2 * count),
-        "gemv_w8 vs _weight_int8pack_mm": (
-            lambda: [ops.gemv_w8(*a) for a in w8],
-            lambda: [torch._weight_int8pack_mm(*a) for a in pack_mm],
-            count,
-        ),
-        "gemv_int8 vs fbgemm dynamic": (
-            lambda: [ops.gemv_int8(*a) for a in int8],
-            lambda: [torch.ops.quantized.linear_dynamic(x, p, False) for x, p in fbgemm],
-            count,
-        ),
-    }
+        fbgemm = [torch.ops.quantized.linear_prepack(_qtensor(q, s), None) for q, s in quantized]
+    ks = [w.shape[1] for w in weights]  # each projection's input width
+
+    def for_rows(rows: int) -> Pairs:
+        xs = {k: torch.randn(rows, k, generator=gen) for k in set(ks)}
+        xb = {k: x.bfloat16() for k, x in xs.items()}
+
+        def mkldnn(dtype: torch.dtype) -> tuple[Products, Products]:
+            inputs = [(xs if dtype == torch.float32 else xb)[k] for k in ks]
+            op = ops.gemv_f32 if dtype == torch.float32 else ops.gemv_bf16
+            return (
+                lambda: [op(x, b, n) for x, (b, _, n) in zip(inputs, floats[dtype], strict=True)],
+                lambda: [
+                    torch.ops.mkldnn._linear_pointwise(x, p, None, "none", [], "")
+                    for x, (_, p, _) in zip(inputs, floats[dtype], strict=True)
+                ],
+            )
+
+        x32, x16 = [xs[k] for k in ks], [xb[k] for k in ks]
+        return {
+            "gemv_f32 vs oneDNN fp32": (*mkldnn(torch.float32), 4 * count),
+            "gemv_bf16 vs oneDNN bf16": (*mkldnn(torch.bfloat16), 2 * count),
+            "gemv_w8 vs _weight_int8pack_mm": (
+                lambda: [ops.gemv_w8(x, *a) for x, a in zip(x32, w8, strict=True)],
+                lambda: [torch._weight_int8pack_mm(x, *a) for x, a in zip(x16, pack_mm, strict=True)],
+                count,
+            ),
+            "gemv_int8 vs fbgemm dynamic": (
+                lambda: [ops.gemv_int8(x, *a) for x, a in zip(x32, int8, strict=True)],
+                lambda: [torch.ops.quantized.linear_dynamic(x, p, False) for x, p in zip(x32, fbgemm, strict=True)],
+                count,
+            ),
+        }
+
+    return for_rows
 
 
 def _qtensor(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -108,8 +119,9 @@ def bench_gemv(args: argparse.Namespace) -> dict:
         raise SystemExit("our CPU kernels cannot run here (they need AVX-512 bf16 and VNNI, and a C++ compiler)")
     rows = []
     with torch.inference_mode():
+        pairs = _pairs(args.sets, args.stack)
         for m, name, (ours, peer, nbytes) in (
-            (n_rows, *pair) for n_rows in args.rows for pair in _pairs(args.sets, args.stack, n_rows).items()
+            (n_rows, *pair) for n_rows in args.rows for pair in pairs(n_rows).items()
         ):
             ours(), peer()  # warm up
             times: dict[str, list[float]] = {"ours": [], "peer": []}
