@@ -56,9 +56,7 @@ def block_weight(weight: torch.Tensor) -> torch.Tensor:
     n, k = weight.shape
     kp = _KP[weight.dtype]
     nb = -(-n // OUTPUTS_PER_BLOCK)
-    padded = weight.new_zeros((nb * OUTPUTS_PER_BLOCK, k))
-    padded[:n] = weight
-    return padded.view(nb, OUTPUTS_PER_BLOCK, k // kp, kp).transpose(1, 2).contiguous()
+    return _pad_rows(weight, nb).view(nb, OUTPUTS_PER_BLOCK, k // kp, kp).transpose(1, 2).contiguous()
 
 
 def unblock_weight(blocked: torch.Tensor, n: int) -> torch.Tensor:
@@ -69,8 +67,13 @@ def unblock_weight(blocked: torch.Tensor, n: int) -> torch.Tensor:
 
 def block_scale(scale: torch.Tensor, blocked: torch.Tensor) -> torch.Tensor:
     """Per-output scale [N] float32 -> [NB * 64], zero for the padding rows of ``blocked``."""
-    padded = scale.new_zeros(blocked.shape[0] * OUTPUTS_PER_BLOCK)
-    padded[: len(scale)] = scale
+    return _pad_rows(scale, blocked.shape[0])
+
+
+def _pad_rows(t: torch.Tensor, nb: int) -> torch.Tensor:
+    """t [N, ...] -> [nb * 64, ...], zeros after row N."""
+    padded = t.new_zeros((nb * OUTPUTS_PER_BLOCK, *t.shape[1:]))
+    padded[: len(t)] = t
     return padded
 
 
