@@ -17,7 +17,7 @@ def _args(*argv: str) -> argparse.Namespace:
 
 
 def test_too_few_warm_frames_is_refused_before_the_engine_is_built(monkeypatch):
-    def no_engine(*_args, **_kwargs):  # noqa: ANN002, ANN003, ANN202
+    def no_engine(*_args: object, **_kwargs: object) -> None:
         raise AssertionError("an engine was built for arguments that cannot be measured")
 
     monkeypatch.setattr(bench_prefill, "make_engine", no_engine)
